@@ -1,0 +1,1 @@
+"""A network device inventory served with Tether."""

@@ -1,0 +1,1 @@
+"""The client side: Client, AsyncClient and their connections and proxies."""

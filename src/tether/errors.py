@@ -1,0 +1,243 @@
+"""Status codes, the error envelope and the exception classes of Tether.
+
+The 16 codes are the standard RPC status codes (gRPC's, spelt in snake_case
+as Connect spells them). Their HTTP statuses follow the Connect protocol's
+table; statuses that carry no envelope (a proxy's 502, say) are read back
+with gRPC's HTTP-to-code table.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class StatusCode(StrEnum):
+    """The standard RPC status codes, as they travel on the wire."""
+
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    INVALID_ARGUMENT = "invalid_argument"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    PERMISSION_DENIED = "permission_denied"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    FAILED_PRECONDITION = "failed_precondition"
+    ABORTED = "aborted"
+    OUT_OF_RANGE = "out_of_range"
+    UNIMPLEMENTED = "unimplemented"
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+    DATA_LOSS = "data_loss"
+    UNAUTHENTICATED = "unauthenticated"
+
+
+#: HTTP status for each code (Connect protocol, "Error Codes").
+HTTP_STATUS: dict[StatusCode, int] = {
+    StatusCode.CANCELLED: 499,
+    StatusCode.UNKNOWN: 500,
+    StatusCode.INVALID_ARGUMENT: 400,
+    StatusCode.DEADLINE_EXCEEDED: 504,
+    StatusCode.NOT_FOUND: 404,
+    StatusCode.ALREADY_EXISTS: 409,
+    StatusCode.PERMISSION_DENIED: 403,
+    StatusCode.RESOURCE_EXHAUSTED: 429,
+    StatusCode.FAILED_PRECONDITION: 400,
+    StatusCode.ABORTED: 409,
+    StatusCode.OUT_OF_RANGE: 400,
+    StatusCode.UNIMPLEMENTED: 501,
+    StatusCode.INTERNAL: 500,
+    StatusCode.UNAVAILABLE: 503,
+    StatusCode.DATA_LOSS: 500,
+    StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def code_for_http_status(status: int) -> StatusCode:
+    """Return the code for an HTTP error response that carries no envelope.
+
+    Follows gRPC's "HTTP to gRPC status code mapping": 400 internal,
+    401 unauthenticated, 403 permission_denied, 404 unimplemented,
+    429/502/503/504 unavailable, anything else unknown.
+    """
+    table = {
+        400: StatusCode.INTERNAL,
+        401: StatusCode.UNAUTHENTICATED,
+        403: StatusCode.PERMISSION_DENIED,
+        404: StatusCode.UNIMPLEMENTED,
+        429: StatusCode.UNAVAILABLE,
+        502: StatusCode.UNAVAILABLE,
+        503: StatusCode.UNAVAILABLE,
+        504: StatusCode.UNAVAILABLE,
+    }
+    return table.get(status, StatusCode.UNKNOWN)
+
+
+class TetherError(Exception):
+    """Base of every error Tether raises or carries.
+
+    Attributes:
+        code: one of the 16 :class:`StatusCode` values.
+        message: a human-readable sentence.
+        details: JSON-compatible extra data (validation errors, say), or None.
+        http_status: the HTTP status the server answers with; defaults to the
+            code's Connect mapping and is set apart only for transport-level
+            answers (413, 415, 406, 405).
+    """
+
+    code: ClassVar[StatusCode] = StatusCode.UNKNOWN
+
+    def __init__(
+        self,
+        message: str = "",
+        details: Any = None,
+        *,
+        code: StatusCode | str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            # An instance may carry a code of its own (RemoteError does).
+            self.code = StatusCode(code)  # type: ignore[misc]
+        self.message = message
+        self.details = details
+        self.http_status = http_status if http_status is not None else HTTP_STATUS[self.code]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.value!r}, message={self.message!r})"
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.message}" if self.message else self.code.value
+
+    def to_envelope(self) -> dict[str, Any]:
+        """Return the wire form ``{"error": {"code", "message", "details", "type"}}``.
+
+        ``type`` names the :class:`ServiceError` subclass (its ``error_name``)
+        so that a client holding the same class can raise it again; it is
+        None for Tether's own errors.
+        """
+        return {
+            "error": {
+                "code": self.code.value,
+                "message": self.message,
+                "details": self.details,
+                "type": getattr(self, "error_name", None),
+            }
+        }
+
+
+_SERVICE_ERRORS: dict[str, type[ServiceError]] = {}
+
+
+class ServiceError(TetherError):
+    """Base class for errors that a service raises on purpose.
+
+    Subclass it, set ``code`` and (optionally) ``error_name``, and declare the
+    class on the interface (``@tether.service(errors=[...])`` or
+    ``@tether.method(errors=[...])``). The server sends the code, message,
+    details and ``error_name``; a client that has a class of that name raises
+    it again, otherwise :class:`RemoteError`.
+
+    Example::
+
+        class NotFound(tether.ServiceError):
+            code = tether.StatusCode.NOT_FOUND
+    """
+
+    error_name: ClassVar[str] = "ServiceError"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "error_name" not in cls.__dict__:
+            cls.error_name = cls.__name__
+        # Known by name so a client raises the same class again.
+        _SERVICE_ERRORS.setdefault(cls.error_name, cls)
+
+
+def service_error_class(name: str | None) -> type[ServiceError] | None:
+    """Return the ServiceError subclass registered under ``name``, if any."""
+    return _SERVICE_ERRORS.get(name) if name else None
+
+
+class RemoteError(TetherError):
+    """An error answered by a remote service that this process has no class for.
+
+    ``code`` is the code the server sent; ``error_name`` the server's class
+    name, when it had one.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        details: Any = None,
+        *,
+        code: StatusCode | str = StatusCode.UNKNOWN,
+        error_name: str | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        super().__init__(message, details, code=code, http_status=http_status)
+        self.error_name = error_name
+
+
+class DeadlineExceeded(RemoteError):
+    """The call's deadline passed, on the client or on the server."""
+
+    code = StatusCode.DEADLINE_EXCEEDED
+
+    def __init__(self, message: str = "deadline exceeded", details: Any = None) -> None:
+        super().__init__(message, details, code=StatusCode.DEADLINE_EXCEEDED)
+
+
+class Unavailable(RemoteError):
+    """No instance could take the call: refused connection, reset, or a 503."""
+
+    code = StatusCode.UNAVAILABLE
+
+    def __init__(self, message: str = "service unavailable", details: Any = None) -> None:
+        super().__init__(message, details, code=StatusCode.UNAVAILABLE)
+
+
+def error_from_envelope(
+    envelope: Any, http_status: int
+) -> TetherError:
+    """Rebuild the exception that an error response describes.
+
+    Args:
+        envelope: the decoded body; ``{"error": {...}}`` when the server is a
+            Tether server, anything else otherwise.
+        http_status: the response's HTTP status.
+
+    Returns:
+        The declared :class:`ServiceError` subclass when this process has one
+        of that name, :class:`DeadlineExceeded` or :class:`Unavailable` for
+        those codes, else :class:`RemoteError`.
+    """
+    error = envelope.get("error") if isinstance(envelope, dict) else None
+    if not isinstance(error, dict):
+        code = code_for_http_status(http_status)
+        return RemoteError(f"HTTP {http_status} without an error envelope", code=code)
+    try:
+        code = StatusCode(str(error.get("code")))
+    except ValueError:
+        code = StatusCode.UNKNOWN
+    message = str(error.get("message") or "")
+    details = error.get("details")
+    name = error.get("type")
+    cls = service_error_class(name if isinstance(name, str) else None)
+    if cls is not None:
+        exc = cls(message, details)
+        if exc.code != code:
+            exc.code = code  # type: ignore[misc]
+        return exc
+    if code is StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(message, details)
+    if code is StatusCode.UNAVAILABLE:
+        return Unavailable(message, details)
+    return RemoteError(
+        message,
+        details,
+        code=code,
+        error_name=name if isinstance(name, str) else None,
+        http_status=http_status,
+    )

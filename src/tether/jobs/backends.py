@@ -1,0 +1,387 @@
+"""How a worker reaches the jobs: straight to the store, or through the HTTP API.
+
+Both backends offer the same few operations; the worker does not know which
+one it talks to.
+
+* :class:`StoreBackend` opens the job store itself (SQLite file or
+  PostgreSQL) through a :class:`~tether.jobs.manager.JobManager`, so it also
+  validates results with the job types it knows and sweeps expired leases.
+  It suits Python workers next to the database.
+* :class:`HTTPBackend` speaks the ``/jobs`` HTTP API of a running App, as a
+  worker in any language would; the server validates and sweeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tether.codec import Codec, decode_any
+from tether.errors import TetherError, error_from_envelope
+from tether.jobs.errors import JobNotFound, LeaseLost
+from tether.jobs.exceptions import InvalidResult
+from tether.jobs.manager import JobManager
+from tether.jobs.model import Job
+from tether.jobs.wire import job_from_wire
+from tether.transports.http_async import AsyncHTTPTransport
+
+#: Seconds an HTTP call of a worker may take (long polls add their wait).
+HTTP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker holds: the job, its lease token, and its per-attempt timeout (s)."""
+
+    job: Job
+    lease_token: str = field(repr=False)
+    timeout: float | None
+
+
+class Backend(Protocol):
+    """The operations a worker needs (see the module docstring)."""
+
+    async def open(self) -> None:
+        """Connect."""
+        ...
+
+    async def close(self) -> None:
+        """Disconnect."""
+        ...
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        types: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+        wait: float,
+        stop: asyncio.Event,
+    ) -> list[Claimed]:
+        """Take up to ``limit`` jobs, waiting up to ``wait`` seconds for some, or until
+        ``stop`` is set; an empty list when none came."""
+        ...
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        lease_token: str,
+        lease_seconds: float,
+        progress: float | None,
+        message: str | None,
+    ) -> bool:
+        """Renew the lease; True when cancellation was requested.
+
+        Raises:
+            LeaseLost, JobNotFound: the job is no longer this worker's.
+        """
+        ...
+
+    async def complete(
+        self, job_id: str, lease_token: str, result: Any, job_type: str | None = None
+    ) -> None:
+        """Finish the job (``job_type``: the job's type, when known).
+
+        Raises:
+            InvalidResult: the result did not validate (the job failed with processing_error).
+            LeaseLost, JobNotFound: the job is no longer this worker's.
+        """
+        ...
+
+    async def complete_many(
+        self, items: Sequence[tuple[str, str, Any, str | None]]
+    ) -> list[Exception | None]:
+        """Finish several jobs: ``(job_id, lease_token, result, job_type)``; per item
+        None, or the error :meth:`complete` would raise."""
+        ...
+
+    async def fail(
+        self, job_id: str, lease_token: str, error: Mapping[str, Any], retry: bool
+    ) -> None:
+        """Record a failed attempt (retried after the type's backoff when ``retry``)."""
+        ...
+
+    async def release(self, job_id: str, lease_token: str) -> None:
+        """Hand the job back unfinished."""
+        ...
+
+    async def mark_cancelled(self, job_id: str, lease_token: str) -> None:
+        """Acknowledge a cancellation."""
+        ...
+
+
+class StoreBackend:
+    """A worker backend on the job store itself, through a :class:`JobManager`.
+
+    Args:
+        manager: job types (for timeouts, backoff and result validation) and the
+            store URL; it is opened by :meth:`open` and closed by :meth:`close`.
+    """
+
+    def __init__(self, manager: JobManager) -> None:
+        self.manager = manager
+
+    def __repr__(self) -> str:
+        return f"<StoreBackend {self.manager!r}>"
+
+    async def open(self) -> None:
+        """Open the store (and start sweeping expired leases)."""
+        await self.manager.open()
+
+    async def close(self) -> None:
+        """Close the store."""
+        await self.manager.close()
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        types: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+        wait: float,
+        stop: asyncio.Event,
+    ) -> list[Claimed]:
+        """See :meth:`Backend.claim`; the claim itself is never interrupted."""
+        store = await self.manager.store()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            claims = await store.claim(
+                worker_id=worker_id,
+                queues=queues,
+                types=types,
+                limit=limit,
+                lease_seconds=lease_seconds,
+            )
+            if claims or stop.is_set():
+                return [Claimed(c.job, c.lease_token, self._timeout(c.job)) for c in claims]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            waiter = asyncio.ensure_future(store.wait_for_work(queues, remaining, types=types))
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiter, stopper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if stop.is_set():
+                return []
+
+    def _timeout(self, job: Job) -> float | None:
+        types = self.manager.types
+        return types.get(job.type).options.timeout if job.type in types else None
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        lease_token: str,
+        lease_seconds: float,
+        progress: float | None,
+        message: str | None,
+    ) -> bool:
+        """See :meth:`Backend.heartbeat`."""
+        store = await self.manager.store()
+        return await store.heartbeat(
+            job_id, lease_token, lease_seconds=lease_seconds, progress=progress, message=message
+        )
+
+    async def complete(
+        self, job_id: str, lease_token: str, result: Any, job_type: str | None = None
+    ) -> None:
+        """See :meth:`Backend.complete`."""
+        await self.manager.complete(job_id, lease_token, result, job_type=job_type)
+
+    async def complete_many(
+        self, items: Sequence[tuple[str, str, Any, str | None]]
+    ) -> list[Exception | None]:
+        """See :meth:`Backend.complete_many`: the valid results in one store operation."""
+        done = await self.manager.complete_many(items)
+        return [x if isinstance(x, Exception) else None for x in done]
+
+    async def fail(
+        self, job_id: str, lease_token: str, error: Mapping[str, Any], retry: bool
+    ) -> None:
+        """See :meth:`Backend.fail`."""
+        await self.manager.fail(job_id, lease_token, error, retry=retry)
+
+    async def release(self, job_id: str, lease_token: str) -> None:
+        """See :meth:`Backend.release`."""
+        await self.manager.release(job_id, lease_token)
+
+    async def mark_cancelled(self, job_id: str, lease_token: str) -> None:
+        """See :meth:`Backend.mark_cancelled`."""
+        await self.manager.mark_cancelled(job_id, lease_token)
+
+
+class HTTPBackend:
+    """A worker backend on the ``/jobs`` HTTP API of a running App.
+
+    Args:
+        url: the App's base URL (``http://host:port``); the API is at ``/jobs``.
+        timeout: seconds per HTTP call (long polls add their wait).
+    """
+
+    def __init__(self, url: str, *, timeout: float = HTTP_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._transport: AsyncHTTPTransport | None = None
+
+    def __repr__(self) -> str:
+        return f"<HTTPBackend {self.url}>"
+
+    async def open(self) -> None:
+        """Prepare the connection pool (connections open on first use)."""
+        if self._transport is None:
+            self._transport = AsyncHTTPTransport(self.url)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.close()
+
+    async def _post(
+        self, path: str, body: Mapping[str, Any], timeout: float | None = None
+    ) -> tuple[int, Any]:
+        if self._transport is None:
+            await self.open()
+        assert self._transport is not None
+        raw = await self._transport.request(
+            "POST",
+            "/jobs" + path,
+            json.dumps(body).encode(),
+            {"content-type": "application/json", "accept": "application/json"},
+            timeout or self.timeout,
+        )
+        data: Any = None
+        if raw.body:
+            try:
+                data = decode_any(raw.body, Codec.JSON)
+            except TetherError:
+                data = None
+        if raw.status >= 400:
+            raise _http_error(path, raw.status, data)
+        return raw.status, data
+
+    async def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str],
+        types: Sequence[str] | None,
+        limit: int,
+        lease_seconds: float,
+        wait: float,
+        stop: asyncio.Event,
+    ) -> list[Claimed]:
+        """See :meth:`Backend.claim`: ``POST /jobs/claim`` as a long poll; a stop
+        abandons the request (the server claims nothing for a client that left)."""
+        body = {
+            "worker_id": worker_id,
+            "queues": list(queues),
+            "types": None if types is None else list(types),
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "wait": wait,
+        }
+        request = asyncio.ensure_future(self._post("/claim", body, self.timeout + wait))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({request, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopper
+        if not request.done():
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TetherError):
+                await request
+            return []
+        status, data = request.result()
+        if status == 204 or not data:
+            return []
+        return [
+            Claimed(job_from_wire(entry), entry["lease_token"], entry.get("timeout"))
+            for entry in data["jobs"]
+        ]
+
+    async def heartbeat(
+        self,
+        job_id: str,
+        lease_token: str,
+        lease_seconds: float,
+        progress: float | None,
+        message: str | None,
+    ) -> bool:
+        """See :meth:`Backend.heartbeat`."""
+        _, data = await self._post(
+            f"/{job_id}/heartbeat",
+            {
+                "lease_token": lease_token,
+                "lease_seconds": lease_seconds,
+                "progress": progress,
+                "message": message,
+            },
+        )
+        return bool(data and data.get("cancel_requested"))
+
+    async def complete(
+        self, job_id: str, lease_token: str, result: Any, job_type: str | None = None
+    ) -> None:
+        """See :meth:`Backend.complete`."""
+        await self._post(f"/{job_id}/complete", {"lease_token": lease_token, "result": result})
+
+    async def complete_many(
+        self, items: Sequence[tuple[str, str, Any, str | None]]
+    ) -> list[Exception | None]:
+        """See :meth:`Backend.complete_many`: the requests run concurrently."""
+
+        async def one(job_id: str, token: str, result: Any) -> Exception | None:
+            try:
+                await self.complete(job_id, token, result)
+            except Exception as exc:
+                return exc
+            return None
+
+        return list(await asyncio.gather(*(one(i, t, r) for i, t, r, _ in items)))
+
+    async def fail(
+        self, job_id: str, lease_token: str, error: Mapping[str, Any], retry: bool
+    ) -> None:
+        """See :meth:`Backend.fail`."""
+        await self._post(
+            f"/{job_id}/fail", {"lease_token": lease_token, "error": dict(error), "retry": retry}
+        )
+
+    async def release(self, job_id: str, lease_token: str) -> None:
+        """See :meth:`Backend.release`."""
+        await self._post(f"/{job_id}/release", {"lease_token": lease_token})
+
+    async def mark_cancelled(self, job_id: str, lease_token: str) -> None:
+        """See :meth:`Backend.mark_cancelled`."""
+        await self._post(f"/{job_id}/mark-cancelled", {"lease_token": lease_token})
+
+
+def _http_error(path: str, status: int, data: Any) -> Exception:
+    """The exception an error answer of the jobs API stands for."""
+    error = data.get("error") if isinstance(data, dict) else None
+    job_id = path.split("/")[1] if path.count("/") >= 2 else ""
+    if isinstance(error, dict):
+        kind = error.get("type")
+        if status == 409 and kind == "LeaseLost":
+            details = error.get("details") or {}
+            return LeaseLost(job_id, str(details.get("reason") or error.get("message") or ""))
+        if status == 404 and kind == "JobNotFound":
+            return JobNotFound(job_id)
+        if status == 422 and kind == "InvalidResult":
+            details = error.get("details") or {}
+            return InvalidResult(str(error.get("message") or ""), details.get("errors"))
+    return error_from_envelope(data, status)

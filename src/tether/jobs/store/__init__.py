@@ -1,0 +1,59 @@
+"""Job stores: pick one by URL with ``open_store``.
+
+URLs:
+    * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy
+      convention: the path is what follows ``sqlite:///``);
+    * ``postgresql://user:password@host:port/db`` or ``postgres://...``;
+    * ``memory://``: a private in-memory SQLite database (one store only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.jobs.store.base import JobStore
+from tether.jobs.store.postgres import PostgresJobStore
+from tether.jobs.store.sqlite import SqliteJobStore
+
+__all__ = ["JobStore", "PostgresJobStore", "SqliteJobStore", "make_store", "open_store"]
+
+
+def make_store(url: str, **options: Any) -> JobStore:
+    """Build the store ``url`` names, without opening it.
+
+    Args:
+        url: see the module docstring.
+        options: keyword arguments for the store's constructor (e.g. ``poll_interval``).
+
+    Raises:
+        ValueError: unknown scheme or missing path.
+    """
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise ValueError(f"not a job store URL: {url!r}")
+    if scheme == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path:
+            raise ValueError("sqlite URL needs a path: sqlite:///jobs.db or sqlite:////abs/jobs.db")
+        return SqliteJobStore(path, **options)
+    if scheme == "memory":
+        return SqliteJobStore(":memory:", **options)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresJobStore(url, **options)
+    raise ValueError(f"unsupported job store scheme {scheme!r} (sqlite, postgresql, memory)")
+
+
+async def open_store(url: str, **options: Any) -> JobStore:
+    """Build and open (migrating if needed) the store ``url`` names.
+
+    Returns:
+        An open store; close it with ``await store.close()``.
+
+    Raises:
+        ValueError: unknown scheme or missing path.
+        sqlite3.Error, psycopg.Error, psycopg_pool.PoolTimeout: the database is unusable.
+    """
+    store = make_store(url, **options)
+    await store.open()
+    return store

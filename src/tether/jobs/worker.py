@@ -1,0 +1,612 @@
+"""``tether.Worker``: claims jobs with leases and runs their handlers.
+
+A worker runs either the handlers an App registered (``@app.job``) or its own
+``run(self, parameters)`` when subclassed (the TopChef model)::
+
+    class Reverse(tether.Worker):
+        job_types = ["reverse"]
+
+        def run(self, parameters: dict) -> dict:
+            return {"text": parameters["text"][::-1]}
+
+    Reverse(url="http://127.0.0.1:8000").serve()          # over the HTTP API
+    tether.Worker(app, concurrency=4).serve()               # straight to app's store
+
+While a job runs, the worker heartbeats (every third of the lease) to keep
+its lease and send progress; a heartbeat that answers "cancellation requested"
+sets ``ctx.cancelled`` (and cancels an async handler's task). A job type's
+``timeout`` bounds each attempt. A handler's exception fails the attempt: a
+``tether.ServiceError`` (raised on purpose) fails the job for good, anything
+else is retried after the job type's backoff while attempts remain. SIGTERM
+or SIGINT stops claiming, lets running jobs finish for ``grace`` seconds, then
+hands back (``release``) those still running, so none is lost; a second
+signal ends the grace at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+from tether.errors import ServiceError, TetherError
+from tether.jobs.backends import Backend, Claimed, HTTPBackend, StoreBackend
+from tether.jobs.context import JobContext
+from tether.jobs.errors import JobNotFound, LeaseLost
+from tether.jobs.exceptions import InvalidResult, JobCancelled, JobValidationError
+from tether.jobs.manager import JobManager
+from tether.jobs.types import JobTypeRegistry
+
+if TYPE_CHECKING:
+    from tether.server.app import App
+
+log = logging.getLogger("tether.jobs.worker")
+
+#: Shortest pause between two heartbeats that carry progress, in seconds.
+MIN_PROGRESS_INTERVAL = 0.25
+
+
+@dataclass(eq=False)
+class _Running:
+    claimed: Claimed
+    ctx: JobContext
+    is_async: bool
+    cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
+    hard_stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # ok, error, timeout, cancelled, lease_lost, shutdown, invalid
+    value: Any = None
+
+
+class Worker:
+    """Runs jobs: an App's registered handlers, or :meth:`run` in a subclass.
+
+    Args:
+        app: the App whose job types (and handlers) to run. Without ``url`` the
+            worker goes straight to the App's job store (``App(job_store=...)``,
+            ``TETHER_JOB_STORE_URL``, or the SQLite file in the state directory).
+        url: run over the HTTP API of the App served at this base URL instead
+            (what workers in other languages do; the server validates results).
+        store: a job store URL to use instead of the App's.
+        queues: queues to take jobs from (default: the queues of the job types run).
+        types: job types to run (default: every type with a handler, or
+            ``job_types`` of a subclass).
+        concurrency: jobs run at once (sync handlers each take a thread).
+        lease: seconds of each lease; heartbeats renew it every ``lease / 3``.
+        grace: seconds running jobs get to finish after a stop before they are
+            handed back.
+        timeout: seconds per attempt for job types that set none (None: unlimited).
+        claim_wait: seconds one long poll for work lasts.
+        worker_id: this worker's name in the store (default: host:pid:random).
+
+    Raises:
+        ValueError: nothing to run, or bad numbers.
+
+    A store-direct worker without an App (a subclass given ``store=``) cannot
+    check results against schemas: it only requires JSON objects. Give it the
+    App, or use ``url=``.
+    """
+
+    #: Job types a subclass's :meth:`run` handles.
+    job_types: ClassVar[Sequence[str]] = ()
+
+    def __init__(
+        self,
+        app: App | None = None,
+        *,
+        url: str | None = None,
+        store: str | None = None,
+        queues: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        concurrency: int = 1,
+        lease: float = 30.0,
+        grace: float = 30.0,
+        timeout: float | None = None,
+        claim_wait: float = 10.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if lease <= 0 or grace < 0 or claim_wait < 0:
+            raise ValueError("lease must be > 0, grace and claim_wait >= 0 seconds")
+        self.app = app
+        self.registry = app.jobs.types if app is not None else JobTypeRegistry()
+        self.concurrency = concurrency
+        self.lease = lease
+        self.grace = grace
+        self.default_timeout = timeout
+        self.claim_wait = claim_wait
+        self.worker_id = worker_id or (
+            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        )
+        self._overrides_run = type(self).run is not Worker.run
+        if types is not None:
+            self.types = list(types)
+        elif self._overrides_run:
+            self.types = list(self.job_types)
+        else:
+            self.types = [t.name for t in self.registry if t.handler is not None]
+        if not self.types:
+            raise ValueError(
+                "this worker has nothing to run: register handlers with @app.job, or subclass "
+                "Worker with job_types and run(), or pass types="
+            )
+        if queues is not None:
+            self.queues = list(queues)
+        else:
+            found = {self.registry.get(t).options.queue for t in self.types if t in self.registry}
+            self.queues = sorted(found) or ["default"]
+        self.backend: Backend
+        if url is not None:
+            self.backend = HTTPBackend(url)
+        else:
+            store_url = store or (app.jobs.store_url if app is not None else None)
+            # The App's job metrics (if any) count what this worker finishes.
+            observer = app.jobs.observer if app is not None else None
+            self.backend = StoreBackend(JobManager(self.registry, store_url, observer=observer))
+        self._run_takes_context = self._overrides_run and _positional_count(self.run) == 2
+        self._executor: ThreadPoolExecutor | None = None
+        self._running: dict[str, _Running] = {}
+        self._busy = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace_over: asyncio.Event | None = None
+        self._slot_freed: asyncio.Event | None = None
+        self._stopping = False
+        self._completions: list[tuple[str, str, Any, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.abandoned_threads = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.worker_id} types={self.types} queues={self.queues} "
+            f"concurrency={self.concurrency} via {self.backend!r}>"
+        )
+
+    # -- to override ---------------------------------------------------------------------
+
+    def run(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Run one job of ``job_types`` (override in a subclass; may be ``async def``,
+        and may take a second parameter, the :class:`JobContext`).
+
+        Args:
+            parameters: the job's JSON parameters (already validated at submit).
+
+        Returns:
+            The result, a JSON object (validated against the result schema).
+
+        Raises:
+            Exception: any error fails the attempt (retried while attempts remain).
+        """
+        raise NotImplementedError("subclass Worker and implement run(), or give it an App")
+
+    # -- running -------------------------------------------------------------------------
+
+    def serve(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`stop`), blocking; see :meth:`serve_async`."""
+        asyncio.run(self.serve_async(install_signal_handlers=install_signal_handlers))
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (safe from any thread or a signal handler);
+        a second call ends the grace period at once."""
+        loop = self._loop
+        if loop is None:
+            self._stopping = True
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_stop)
+
+    def _on_stop(self) -> None:
+        assert self._stop is not None and self._grace_over is not None
+        if self._stop.is_set():
+            self._grace_over.set()
+        self._stop.set()
+
+    async def serve_async(self, *, install_signal_handlers: bool = False) -> None:
+        """Claim and run jobs until stopped, then finish or hand back those running.
+
+        Raises:
+            ValueError, sqlite3.Error, psycopg.Error: the store cannot be opened.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._grace_over = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tether-job")
+        if self._stopping:  # stop() came before the loop ran
+            self._stopping = False
+            self._stop.set()
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(sig, self._on_stop)
+                    installed.append(sig)
+        await self.backend.open()
+        tasks: set[asyncio.Task[None]] = set()
+        log.info("worker %s started: %r", self.worker_id, self)
+        try:
+            while not self._stop.is_set():
+                free = self.concurrency - self._busy
+                if free <= 0:
+                    await _first(self._slot_freed.wait(), self._stop.wait())
+                    self._slot_freed.clear()
+                    continue
+                try:
+                    claims = await self.backend.claim(
+                        self.worker_id,
+                        self.queues,
+                        self.types,
+                        free,
+                        self.lease,
+                        self.claim_wait,
+                        self._stop,
+                    )
+                except Exception as exc:
+                    log.warning("claiming jobs failed (%s: %s); retrying", type(exc).__name__, exc)
+                    await _first(asyncio.sleep(1.0), self._stop.wait())
+                    continue
+                for claimed in claims:
+                    if self._stop.is_set():
+                        await self._hand_back(claimed)
+                        continue
+                    self._busy += 1
+                    task = loop.create_task(self._run_job(claimed))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+        finally:
+            await self._drain(tasks)
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.backend.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._loop = None
+            log.info("worker %s stopped", self.worker_id)
+
+    async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
+        """Let running jobs finish within the grace period, then hand back the rest."""
+        assert self._grace_over is not None
+        if tasks:
+            log.info("waiting up to %.1f s for %d running job(s)", self.grace, len(tasks))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.grace
+            over = loop.create_task(self._grace_over.wait())
+            try:
+                while tasks and not over.done() and loop.time() < deadline:
+                    await asyncio.wait(
+                        {*tasks, over},
+                        timeout=deadline - loop.time(),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+            finally:
+                over.cancel()
+        for running in list(self._running.values()):
+            running.ctx._cancel("shutdown")
+            running.hard_stop.set()
+        if tasks:
+            await asyncio.wait(set(tasks))
+
+    async def _hand_back(self, claimed: Claimed) -> None:
+        try:
+            await self.backend.release(claimed.job.id, claimed.lease_token)
+        except Exception as exc:
+            log.warning("handing back job %s failed: %s (its lease will expire)",
+                        claimed.job.id, exc)
+
+    def _free_slot(self) -> None:
+        self._busy -= 1
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _handler(self, job_type: str) -> tuple[Callable[..., Any], bool, bool]:
+        """Return ``(function, takes_context, typed)`` for a job type."""
+        if self._overrides_run:
+            return self.run, self._run_takes_context, False
+        jt = self.registry.get(job_type)
+        if jt.handler is None:
+            raise LookupError(f"job type {job_type!r} has no handler in this worker")
+        return jt.handler, jt.takes_context, True
+
+    async def _run_job(self, claimed: Claimed) -> None:
+        job = claimed.job
+        assert self._loop is not None
+        timeout = claimed.timeout if claimed.timeout is not None else self.default_timeout
+        ctx = JobContext(job, timeout, self._loop)
+        inner: asyncio.Future[Any] | None = None
+        outcome: _Outcome | None = None
+        try:
+            fn, takes_ctx, typed = self._handler(job.type)
+        except LookupError as exc:
+            fn, takes_ctx, typed = self.run, False, False
+            outcome = _Outcome("invalid", str(exc))
+        is_async = inspect.iscoroutinefunction(fn)
+        running = _Running(claimed, ctx, is_async)
+        self._running[job.id] = running
+        beats = self._loop.create_task(self._heartbeats(running))
+        slot = [True]  # this job still holds a concurrency slot
+        try:
+            if outcome is None:
+                try:
+                    params = (
+                        self.registry.get(job.type).load_parameters(job.parameters)
+                        if typed
+                        else job.parameters
+                    )
+                except JobValidationError as exc:
+                    outcome = _Outcome("invalid", exc.message)
+                else:
+                    args = (params, ctx) if takes_ctx else (params,)
+                    inner = self._start(fn, args, ctx, is_async)
+                    outcome = await self._watch(running, inner, timeout)
+            # The handler is done (or abandoned): its slot may take the next job while
+            # the outcome is recorded (still under this job's lease and heartbeats).
+            self._give_back_slot(slot, inner)
+            await self._settle(running, outcome)
+        except Exception:
+            log.exception("job %s: unexpected worker error", job.id)
+        finally:
+            beats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beats
+            self._running.pop(job.id, None)
+            self._give_back_slot(slot, inner)
+
+    def _give_back_slot(self, slot: list[bool], inner: asyncio.Future[Any] | None) -> None:
+        """Free a job's slot once; a sync handler still running keeps it until it returns."""
+        if not slot[0]:
+            return
+        slot[0] = False
+        if inner is not None and not inner.done():
+            self.abandoned_threads += 1
+
+            def freed(_: Any) -> None:
+                self.abandoned_threads -= 1
+                self._free_slot()
+
+            inner.add_done_callback(freed)
+        else:
+            self._free_slot()
+
+    def _start(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], ctx: JobContext, is_async: bool
+    ) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        if is_async:
+
+            async def call_async() -> Any:
+                token = ctx._enter()
+                try:
+                    return await fn(*args)
+                finally:
+                    ctx._exit(token)
+
+            return self._loop.create_task(call_async())
+
+        def call_sync() -> Any:
+            token = ctx._enter()
+            try:
+                return fn(*args)
+            finally:
+                ctx._exit(token)
+
+        assert self._executor is not None
+        return self._loop.run_in_executor(self._executor, call_sync)
+
+    async def _watch(
+        self, running: _Running, inner: asyncio.Future[Any], timeout: float | None
+    ) -> _Outcome:
+        """Wait for the handler, its timeout, a cancellation, a lost lease or a shutdown."""
+        assert self._loop is not None
+        loop = self._loop
+        deadline = None if timeout is None else loop.time() + timeout
+        hard = loop.create_task(running.hard_stop.wait())
+        cancel: asyncio.Task[Any] | None = loop.create_task(running.cancel_event.wait())
+        try:
+            while True:
+                waiting: set[asyncio.Future[Any]] = {inner, hard}
+                if cancel is not None:
+                    waiting.add(cancel)
+                left = None if deadline is None else max(deadline - loop.time(), 0.0)
+                done, _ = await asyncio.wait(
+                    waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                if inner in done:
+                    break
+                if hard in done:
+                    if running.is_async:
+                        inner.cancel()
+                    return _Outcome(running.ctx.cancel_reason or "shutdown")
+                if cancel is not None and cancel in done:
+                    cancel = None  # cooperative: the handler sees ctx.cancelled
+                    if running.is_async:
+                        inner.cancel()
+                    continue
+                if not done:  # the timeout
+                    running.ctx._cancel("timeout")
+                    if running.is_async:
+                        inner.cancel()
+                        with contextlib.suppress(BaseException):
+                            await inner
+                    return _Outcome("timeout", timeout)
+        finally:
+            for t in (hard, cancel):
+                if t is not None:
+                    t.cancel()
+        if inner.cancelled():
+            return _Outcome("cancelled")
+        exc = inner.exception()
+        if exc is not None:
+            return _Outcome("error", exc)
+        return _Outcome("ok", inner.result())
+
+    async def _settle(self, running: _Running, outcome: _Outcome) -> None:
+        """Tell the store how the attempt ended."""
+        job, token = running.claimed.job, running.claimed.lease_token
+        cancel_requested = running.ctx.cancel_reason == "cancel_requested"
+        try:
+            if outcome.kind in ("lease_lost",):
+                log.warning("job %s: lease lost; dropped without a word to the store", job.id)
+            elif outcome.kind == "shutdown":
+                await self.backend.release(job.id, token)
+                log.info("job %s handed back at shutdown", job.id)
+            elif cancel_requested or outcome.kind == "cancelled" or (
+                outcome.kind == "error" and isinstance(outcome.value, JobCancelled)
+            ):
+                await self.backend.mark_cancelled(job.id, token)
+                log.info("job %s cancelled", job.id)
+            elif outcome.kind == "ok":
+                try:
+                    result = to_jsonable_python(outcome.value, by_alias=True)
+                except PydanticSerializationError as exc:
+                    await self.backend.fail(job.id, token, {
+                        "code": "processing_error",
+                        "message": f"the result is not JSON-serialisable: {exc}",
+                        "details": None,
+                    }, False)
+                    return
+                try:
+                    await self._complete(job.id, token, result, job.type)
+                except InvalidResult as exc:
+                    log.warning("job %s: invalid result, failed: %s", job.id, exc.message)
+            elif outcome.kind == "timeout":
+                await self.backend.fail(job.id, token, {
+                    "code": "deadline_exceeded",
+                    "message": f"the attempt ran past its timeout of {outcome.value} s",
+                    "details": {"timeout": outcome.value, "attempt": job.attempts},
+                }, True)
+            elif outcome.kind == "invalid":
+                await self.backend.fail(job.id, token, {
+                    "code": "processing_error", "message": str(outcome.value), "details": None,
+                }, False)
+            else:
+                # A ServiceError is raised on purpose: retrying would not change it.
+                retry = not isinstance(outcome.value, ServiceError)
+                await self.backend.fail(job.id, token, _error_info(outcome.value), retry)
+        except (LeaseLost, JobNotFound) as exc:
+            log.warning("job %s: %s; the outcome was not recorded", job.id, exc)
+
+    async def _complete(self, job_id: str, token: str, result: Any, job_type: str) -> None:
+        """Complete a job with others finishing at the same moment, in one store call.
+
+        Raises:
+            InvalidResult, LeaseLost, JobNotFound: as ``Backend.complete``.
+        """
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._completions.append((job_id, token, result, job_type, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = self._loop.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        """Send the pending completions, in batches, until none is left."""
+        while self._completions:
+            await asyncio.sleep(0)  # let the jobs finishing in this turn join the batch
+            batch, self._completions = self._completions[:500], self._completions[500:]
+            try:
+                answers: list[Exception | None] = await self.backend.complete_many(
+                    [(job_id, token, result, kind) for job_id, token, result, kind, _ in batch]
+                )
+            except Exception as exc:
+                answers = [exc] * len(batch)
+            for (*_, done), answer in zip(batch, answers, strict=True):
+                if done.done():
+                    continue
+                if answer is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(answer)
+
+    async def _heartbeats(self, running: _Running) -> None:
+        """Renew the lease every ``lease / 3`` s, and sooner to carry progress."""
+        ctx, claimed = running.ctx, running.claimed
+        wake = ctx._wake
+        assert wake is not None and self._loop is not None
+        interval = self.lease / 3
+        last = self._loop.time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval - (self._loop.time() - last))
+            wake.clear()
+            gap = self._loop.time() - last
+            if gap < MIN_PROGRESS_INTERVAL:
+                await asyncio.sleep(MIN_PROGRESS_INTERVAL - gap)
+            progress = ctx._take_progress()
+            if progress is None and self._loop.time() - last < interval * 0.9:
+                continue  # woken without news (a cancellation of our own): no beat needed
+            last = self._loop.time()
+            try:
+                cancel = await self.backend.heartbeat(
+                    claimed.job.id,
+                    claimed.lease_token,
+                    self.lease,
+                    progress[0] if progress else None,
+                    progress[1] if progress else None,
+                )
+            except (LeaseLost, JobNotFound) as exc:
+                log.warning("job %s: %s", claimed.job.id, exc)
+                ctx._cancel("lease_lost")
+                running.hard_stop.set()
+                return
+            except Exception as exc:
+                log.warning("job %s: heartbeat failed (%s); retrying", claimed.job.id, exc)
+                if progress is not None:
+                    with ctx._lock:  # keep the news for the next beat
+                        if ctx._progress is None:
+                            ctx._progress = progress
+                continue
+            if cancel and not running.cancel_event.is_set():
+                ctx._cancel("cancel_requested")
+                running.cancel_event.set()
+
+
+def _positional_count(fn: Callable[..., Any]) -> int:
+    return len([
+        p for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ])
+
+
+def _error_info(exc: BaseException) -> dict[str, Any]:
+    """``{code, message, details}`` for an exception a handler raised."""
+    if isinstance(exc, TetherError):
+        return {"code": exc.code.value, "message": exc.message, "details": exc.details}
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return {
+        "code": "handler_error",
+        "message": f"{type(exc).__name__}: {exc}",
+        "details": {"type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    "traceback": text[-4000:]},
+    }
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` is done; cancel the others."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+

@@ -1,0 +1,382 @@
+"""Registry in a NATS JetStream key-value bucket, for instances on many machines.
+
+One key per instance (the instance id) holds the record as JSON. Leases use
+JetStream per-message TTLs (NATS server 2.11+): every register and heartbeat
+re-puts the record with ``Nats-TTL`` = the lease, so the server drops the
+entry when heartbeats stop. Per-message TTLs have whole-second granularity:
+the lease is rounded up to whole seconds (at least 1 s) and the record stores
+the rounded value. The bucket is created with subject delete markers
+(``marker_ttl``), so watchers see ``removed`` when a lease ends.
+
+A heartbeat is a compare-and-set on the key's last revision, so a heartbeat
+that races an expiry or a deregistration fails with
+:class:`~tether.registry.errors.InstanceNotRegistered` instead of
+resurrecting the entry.
+
+Expiry is decided by the NATS server's clock only; clients never compare
+timestamps across machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import math
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from typing import Any, cast
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue, StopIterSentinel
+from pydantic import ValidationError
+
+from .base import Registry, WatchView, filter_records, resolve_lease, with_heartbeat
+from .errors import InstanceNotRegistered, RegistryClosed, RegistryUnavailable
+from .model import HealthStatus, InstanceRecord, RegistryEvent, utc_now
+
+__all__ = ["DEFAULT_BUCKET", "NatsRegistry"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUCKET = "tether_registry"
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+_DELETE_OPS = ("DEL", "PURGE")
+_RECONNECT_CHECK = 1.0  # seconds between a watcher's checks for a reconnection
+_RESYNC_RETRY = 0.5  # seconds between attempts to restart a watch after an outage
+
+
+def _reconnects(client: NatsClient | None) -> int:
+    """How many times ``client`` reconnected so far (0 without a client)."""
+    return 0 if client is None else int(client.stats["reconnects"])
+
+
+def _ttl_seconds(lease: float) -> int:
+    """Per-message TTL for ``lease`` seconds: whole seconds, rounded up, >= 1."""
+    return max(1, math.ceil(lease - 1e-9))
+
+
+@contextlib.contextmanager
+def _unavailable_on_transport_errors() -> Iterator[None]:
+    try:
+        yield
+    except (
+        nats.errors.TimeoutError,
+        nats.errors.ConnectionClosedError,
+        nats.errors.NoRespondersError,
+        nats.errors.NoServersError,
+        nats.js.errors.NoStreamResponseError,
+        nats.js.errors.ServiceUnavailableError,
+    ) as exc:
+        raise RegistryUnavailable(f"NATS registry unavailable: {exc!r}") from exc
+
+
+class NatsRegistry(Registry):
+    """Registry in the JetStream key-value bucket ``bucket``.
+
+    Args:
+        servers: NATS URL(s), e.g. ``"nats://127.0.0.1:4222"``.
+        bucket: key-value bucket name, created on first use when missing.
+        marker_ttl: seconds that delete markers (expiry, deregistration) stay
+            in the bucket; watchers must be connected within that time to see
+            them (default 60).
+        client: an already connected NATS client to use; it is not closed by
+            :meth:`close`. Default: connect on first use, with endless
+            reconnection, and close on :meth:`close`.
+        connect_timeout: seconds to wait for the first connection before
+            raising :class:`RegistryUnavailable` (default 5).
+        request_timeout: seconds per JetStream request (default 5).
+        connect_options: extra keyword arguments for ``nats.connect`` (user,
+            password, token, tls, ...).
+    """
+
+    def __init__(
+        self,
+        servers: str | Sequence[str] = "nats://127.0.0.1:4222",
+        *,
+        bucket: str = DEFAULT_BUCKET,
+        marker_ttl: float = 60.0,
+        client: NatsClient | None = None,
+        connect_timeout: float = 5.0,
+        request_timeout: float = 5.0,
+        connect_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._servers = [servers] if isinstance(servers, str) else builtins.list(servers)
+        self.bucket = bucket
+        self._marker_ttl = marker_ttl
+        self._client = client
+        self._owns_client = client is None
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._connect_options = dict(connect_options or {})
+        self._js: JetStreamContext | None = None
+        self._kv: KeyValue | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._watchers: set[KeyValue.KeyWatcher] = set()
+
+    # -- connection -----------------------------------------------------------
+
+    def _subject(self, instance_id: str) -> str:
+        return f"$KV.{self.bucket}.{instance_id}"
+
+    async def _ensure(self) -> tuple[JetStreamContext, KeyValue]:
+        if self._closed:
+            raise RegistryClosed("the registry is closed")
+        if self._js is not None and self._kv is not None:
+            return self._js, self._kv
+        async with self._lock:
+            if self._js is None or self._kv is None:
+                if self._client is None:
+                    self._client = await self._connect()
+                js = self._client.jetstream(timeout=self._request_timeout)
+                with _unavailable_on_transport_errors():
+                    self._kv = await self._open_bucket(js)
+                self._js = js
+            return self._js, self._kv
+
+    async def _connect(self) -> NatsClient:
+        async def on_error(exc: Exception) -> None:
+            logger.debug("NATS registry connection error: %r", exc)
+
+        options: dict[str, Any] = {
+            "name": "tether-registry",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.5,
+            "connect_timeout": self._connect_timeout,
+            "error_cb": on_error,
+            **self._connect_options,
+        }
+        try:
+            return await asyncio.wait_for(
+                nats.connect(self._servers, **options), self._connect_timeout
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise RegistryUnavailable(
+                f"cannot connect to NATS at {', '.join(self._servers)} "
+                f"within {self._connect_timeout} s: {exc!r}"
+            ) from exc
+
+    async def _open_bucket(self, js: JetStreamContext) -> KeyValue:
+        try:
+            kv = await js.key_value(self.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            try:
+                return await js.create_key_value(
+                    bucket=self.bucket,
+                    history=1,
+                    limit_marker_ttl=self._marker_ttl,
+                    description="tether service registry",
+                )
+            except nats.js.errors.BadRequestError:  # created concurrently
+                kv = await js.key_value(self.bucket)
+        status = await kv.status()
+        if not status.marker_ttl:
+            # An older bucket without delete markers: enable them so that
+            # watchers see lease expiries.
+            config = status.stream_info.config
+            config.subject_delete_marker_ttl = self._marker_ttl
+            config.allow_msg_ttl = True
+            try:
+                await js.update_stream(config)
+            except nats.js.errors.APIError as exc:
+                logger.warning(
+                    "bucket %s has no delete markers and cannot be updated (%s): "
+                    "watchers will not see lease expiries",
+                    self.bucket,
+                    exc,
+                )
+        return kv
+
+    # -- operations -------------------------------------------------------------
+
+    async def _put(self, record: InstanceRecord, *, last_revision: int | None = None) -> None:
+        js, _ = await self._ensure()
+        headers = None
+        if last_revision is not None:
+            headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last_revision)}
+        try:
+            with _unavailable_on_transport_errors():
+                await js.publish(
+                    self._subject(record.instance_id),
+                    record.model_dump_json().encode(),
+                    headers=headers,
+                    msg_ttl=_ttl_seconds(record.lease_seconds),
+                )
+        except nats.js.errors.APIError as exc:
+            if last_revision is not None and exc.err_code in _WRONG_LAST_SEQUENCE:
+                raise InstanceNotRegistered(record.instance_id) from exc
+            raise
+
+    async def register(self, record: InstanceRecord, lease_seconds: float | None = None) -> None:
+        """See :meth:`Registry.register`. The lease is rounded up to whole seconds.
+        Raises :class:`RegistryUnavailable` when NATS cannot be reached."""
+        lease = float(_ttl_seconds(resolve_lease(record, lease_seconds)))
+        now = utc_now()
+        await self._put(
+            record.model_copy(
+                update={"registered_at": now, "last_heartbeat": now, "lease_seconds": lease}
+            )
+        )
+
+    async def heartbeat(
+        self,
+        instance_id: str,
+        *,
+        health: HealthStatus | None = None,
+        service_health: Mapping[str, HealthStatus] | None = None,
+    ) -> None:
+        """See :meth:`Registry.heartbeat`. Raises :class:`InstanceNotRegistered`,
+        or :class:`RegistryUnavailable` when NATS cannot be reached."""
+        _, kv = await self._ensure()
+        try:
+            with _unavailable_on_transport_errors():
+                entry = await kv.get(instance_id)
+        except nats.js.errors.KeyNotFoundError as exc:
+            raise InstanceNotRegistered(instance_id) from exc
+        old = self._decode(instance_id, entry.value)
+        if old is None or entry.revision is None:
+            raise InstanceNotRegistered(instance_id)
+        new = with_heartbeat(old, utc_now(), health=health, service_health=service_health)
+        await self._put(new, last_revision=entry.revision)
+
+    async def deregister(self, instance_id: str) -> None:
+        """See :meth:`Registry.deregister`. Raises :class:`RegistryUnavailable`."""
+        _, kv = await self._ensure()
+        with _unavailable_on_transport_errors():
+            await kv.purge(instance_id, msg_ttl=_ttl_seconds(self._marker_ttl))
+
+    async def list(
+        self, service: str | None = None, *, include_unhealthy: bool = True
+    ) -> builtins.list[InstanceRecord]:
+        """See :meth:`Registry.list`. Raises :class:`RegistryUnavailable`."""
+        _, kv = await self._ensure()
+        records: builtins.list[InstanceRecord] = []
+        with _unavailable_on_transport_errors():
+            watcher = await kv.watchall()
+            try:
+                while True:
+                    entry = await watcher.updates(timeout=self._request_timeout)  # type: ignore[no-untyped-call]
+                    if entry is None:
+                        break
+                    record = self._record_of(entry)
+                    if record is not None:
+                        records.append(record)
+            finally:
+                await self._stop(watcher)
+        return filter_records(records, service, include_unhealthy)
+
+    async def watch(self, service: str | None = None) -> AsyncGenerator[RegistryEvent, None]:
+        """See :meth:`Registry.watch`. Events arrive as NATS delivers them
+        (milliseconds); expiries when the server drops the entry.
+
+        After the NATS connection reconnects (e.g. a server restart), the watch
+        takes a fresh snapshot within about a second and reports the difference
+        (instances that expired or appeared meanwhile). Raises
+        :class:`RegistryUnavailable` if NATS is unreachable when the watch
+        starts; later outages only delay events.
+        """
+        view = WatchView(service)
+        synced = False
+        while not self._closed:
+            try:
+                _, kv = await self._ensure()
+                client = self._client
+                with _unavailable_on_transport_errors():
+                    watcher = await kv.watchall()
+            except RegistryClosed:
+                return
+            except RegistryUnavailable:
+                if not synced:
+                    raise
+                await asyncio.sleep(_RESYNC_RETRY)
+                continue
+            self._watchers.add(watcher)
+            try:
+                async with contextlib.aclosing(self._follow(watcher, client, view)) as events:
+                    async for event in events:
+                        if event.kind == "synced":
+                            if synced:
+                                continue
+                            synced = True
+                        yield event
+            finally:
+                self._watchers.discard(watcher)
+                await self._stop(watcher)
+
+    async def _follow(
+        self, watcher: KeyValue.KeyWatcher, client: NatsClient | None, view: WatchView
+    ) -> AsyncGenerator[RegistryEvent, None]:
+        """Events of one KV watcher: the snapshot diffed against ``view``, a
+        ``synced`` marker, then changes. Ends when the watcher is stopped or the
+        connection reconnected (the caller then resyncs)."""
+        reconnects = _reconnects(client)
+        initial: dict[str, InstanceRecord] | None = {}
+        while True:
+            try:
+                with _unavailable_on_transport_errors():
+                    entry = await watcher.updates(timeout=_RECONNECT_CHECK)  # type: ignore[no-untyped-call]
+            except RegistryUnavailable:  # no update within the check interval
+                if _reconnects(client) != reconnects:
+                    return
+                continue
+            if isinstance(entry, StopIterSentinel):
+                return
+            if entry is None:
+                if initial is not None:
+                    for event in view.replace_all(initial.values()):
+                        yield event
+                    initial = None
+                    yield RegistryEvent(kind="synced")
+                continue
+            record = self._record_of(entry)
+            if initial is not None:
+                if record is None:
+                    initial.pop(entry.key, None)
+                else:
+                    initial[entry.key] = record
+                continue
+            change = view.remove(entry.key) if record is None else view.upsert(record)
+            if change is not None:
+                yield change
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _record_of(self, entry: KeyValue.Entry) -> InstanceRecord | None:
+        """The live record of a watched entry, or None for deletions and markers."""
+        if entry.operation in _DELETE_OPS:
+            return None
+        return self._decode(entry.key, entry.value)
+
+    def _decode(self, key: str, value: bytes | None) -> InstanceRecord | None:
+        if not value:  # deletion or server-placed marker
+            return None
+        try:
+            record = InstanceRecord.model_validate_json(value)
+        except ValidationError:
+            logger.warning("ignoring malformed registry entry %r in bucket %s", key, self.bucket)
+            return None
+        return record if record.instance_id == key else None
+
+    @staticmethod
+    async def _stop(watcher: KeyValue.KeyWatcher) -> None:
+        with contextlib.suppress(Exception):
+            await cast(Any, watcher).stop()
+
+    async def close(self) -> None:
+        """See :meth:`Registry.close`. Closes the NATS connection if this registry
+        opened it."""
+        if self._closed:
+            return
+        self._closed = True
+        for watcher in builtins.list(self._watchers):
+            await self._stop(watcher)
+        client, self._client = self._client, None
+        self._js = self._kv = None
+        if client is not None and self._owns_client:
+            with contextlib.suppress(Exception):
+                await client.close()

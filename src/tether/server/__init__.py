@@ -1,0 +1,1 @@
+"""The server side: the App (ASGI), its dispatcher, OpenAPI and health checks."""

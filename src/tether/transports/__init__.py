@@ -1,0 +1,1 @@
+"""Transports: how an encoded call reaches a service (HTTP, in-process, relay)."""

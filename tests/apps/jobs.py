@@ -1,0 +1,112 @@
+"""The App the jobs tests serve and run workers for (its store: ``TETHER_JOB_STORE_URL``).
+
+The ``work`` handler leaves traces in ``marker`` (a directory) so tests can see
+what really ran: ``{id}.{attempt}.start`` and ``{id}.{attempt}.end`` per run, and
+``{id}.OVERLAP`` when two runs of one job ever held its lock at once (an
+``flock``, which the kernel drops when a process dies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+import tether
+from tether.jobs import JobCancelled, JobContext
+
+
+class Work(BaseModel):
+    seconds: float = 0.0
+    marker: str | None = None
+    fail_times: int = 0
+    bad_result: bool = False
+    ignore_cancel: bool = False
+
+
+class Done(BaseModel):
+    slept: float
+    attempt: int
+
+
+def _touch(marker: str | None, name: str) -> None:
+    if marker is not None:
+        Path(marker, name).write_text(str(os.getpid()))
+
+
+def work(parameters: Work, ctx: JobContext) -> Done:
+    """Sleep ``seconds`` in small steps, reporting progress; stop when cancelled."""
+    marker = parameters.marker
+    lock = None
+    if marker is not None:
+        lock = open(Path(marker, f"{ctx.id}.lock"), "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _touch(marker, f"{ctx.id}.OVERLAP")
+    _touch(marker, f"{ctx.id}.{ctx.attempt}.start")
+    try:
+        started = time.monotonic()
+        while (elapsed := time.monotonic() - started) < parameters.seconds:
+            if ctx.cancelled and not parameters.ignore_cancel:
+                raise JobCancelled()
+            ctx.progress(min(elapsed / parameters.seconds, 1.0), f"{elapsed:.1f} s")
+            time.sleep(min(0.05, parameters.seconds - elapsed))
+        if ctx.attempt <= parameters.fail_times:
+            raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")
+        _touch(marker, f"{ctx.id}.{ctx.attempt}.end")
+    finally:
+        if lock is not None:
+            lock.close()
+    if parameters.bad_result:
+        return {"slept": "a while"}  # type: ignore[return-value]
+    return Done(slept=parameters.seconds, attempt=ctx.attempt)
+
+
+class Nap(BaseModel):
+    seconds: float
+
+
+async def nap(parameters: Nap, ctx: JobContext) -> dict[str, float]:
+    """An async handler: sleeps, which a timeout (0.5 s) or a cancellation cuts short."""
+    await asyncio.sleep(parameters.seconds)
+    return {"slept": parameters.seconds}
+
+
+def echo(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Return ``parameters["reply"]`` as the result, whatever it is."""
+    reply: dict[str, Any] = parameters["reply"]
+    return reply
+
+
+def make_app(job_store: str | None = None) -> tether.App:
+    """The test App with its three job types, on ``job_store`` (default: the settings')."""
+    app = tether.App(title="Jobs test", job_store=job_store)
+    app.job("work", max_attempts=3, backoff=0.2)(work)
+    app.job("nap", timeout=0.5, max_attempts=1)(nap)
+    app.register_job_type(
+        "raw.echo",
+        parameters_schema={
+            "type": "object",
+            "properties": {"reply": {"type": "object"}},
+            "required": ["reply"],
+        },
+        result_schema={
+            "type": "object",
+            "properties": {"answer": {"type": "integer"}},
+            "required": ["answer"],
+            "additionalProperties": False,
+        },
+        handler=echo,
+        doc="Echoes parameters.reply; a result must be {answer: int}.",
+        max_attempts=1,
+    )
+    return app
+
+
+app = make_app()

@@ -1,0 +1,67 @@
+"""A service that says which replica answered, for the retry and balancing tests.
+
+``REPLICA_BUSY`` names a file: while it exists, ``whoami`` answers 503
+``unavailable`` (with ``Retry-After``). ``crash`` ends the process
+mid-call (but in the replica named as survivor), as a replica dying under a
+call would.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import tether
+
+
+@tether.service(name="replica")
+class Replica:
+    @tether.method(idempotent=True)
+    def whoami(self) -> str:
+        """This replica's process id (idempotent)."""
+        ...
+
+    def record(self, tag: str) -> str:
+        """Not idempotent: a call that must not run twice."""
+        ...
+
+    @tether.method(idempotent=True)
+    def crash_idempotent(self, survivor: str) -> str:
+        """Kill this process mid-call unless its pid is ``survivor`` (idempotent)."""
+        ...
+
+    def crash(self, survivor: str) -> str:
+        """Kill this process mid-call unless its pid is ``survivor`` (not idempotent)."""
+        ...
+
+    @tether.method(idempotent=True)
+    def sleep(self, seconds: float) -> float:
+        """Sleep, then answer (idempotent)."""
+        ...
+
+
+class ReplicaImpl(Replica):
+    def whoami(self) -> str:
+        busy = os.environ.get("REPLICA_BUSY")
+        if busy and Path(busy).exists():
+            raise tether.Unavailable("busy: try another replica")
+        return str(os.getpid())
+
+    def record(self, tag: str) -> str:
+        return f"{tag}@{os.getpid()}"
+
+    def crash_idempotent(self, survivor: str) -> str:
+        return self.crash(survivor)
+
+    def crash(self, survivor: str) -> str:
+        if str(os.getpid()) != survivor:
+            os._exit(1)
+        return survivor
+
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+app = tether.App(ReplicaImpl(), title="Replica")
