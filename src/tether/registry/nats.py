@@ -254,21 +254,37 @@ class NatsRegistry(Registry):
         self, service: str | None = None, *, include_unhealthy: bool = True
     ) -> builtins.list[InstanceRecord]:
         """See :meth:`Registry.list`. Raises :class:`RegistryUnavailable`."""
-        _, kv = await self._ensure()
-        records: builtins.list[InstanceRecord] = []
+        js, kv = await self._ensure()
         with _unavailable_on_transport_errors():
-            watcher = await kv.watchall()
-            try:
-                while True:
-                    entry = await watcher.updates(timeout=self._request_timeout)  # type: ignore[no-untyped-call]
-                    if entry is None:
-                        break
-                    record = self._record_of(entry)
-                    if record is not None:
-                        records.append(record)
-            finally:
-                await self._stop(watcher)
+            keys = await self._keys(js)
+            entries = await asyncio.gather(*(self._get_entry(kv, key) for key in keys))
+        records = [
+            record
+            for key, entry in zip(keys, entries, strict=True)
+            if entry is not None and (record := self._decode(key, entry.value)) is not None
+        ]
         return filter_records(records, service, include_unhealthy)
+
+    async def _keys(self, js: JetStreamContext) -> builtins.list[str]:
+        """Keys that have a message in the bucket's stream (live, deleted or marker).
+
+        Read from the stream's subject counts rather than a KV watcher: a
+        watcher's end-of-snapshot marker can come before the snapshot under
+        load (nats-py decides it from a consumer-info race), and a list that
+        misses a live instance would report it gone.
+        """
+        info = await js.stream_info(f"KV_{self.bucket}", subjects_filter=f"$KV.{self.bucket}.>")
+        prefix = f"$KV.{self.bucket}."
+        subjects = info.state.subjects or {}
+        return sorted(subject[len(prefix) :] for subject in subjects)
+
+    @staticmethod
+    async def _get_entry(kv: KeyValue, key: str) -> KeyValue.Entry | None:
+        """The key's latest entry, or None when it is deleted or gone."""
+        try:
+            return await kv.get(key, validate_keys=False)
+        except nats.js.errors.KeyNotFoundError:
+            return None
 
     async def watch(self, service: str | None = None) -> AsyncGenerator[RegistryEvent, None]:
         """See :meth:`Registry.watch`. Events arrive as NATS delivers them
