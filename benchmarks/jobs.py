@@ -87,9 +87,15 @@ class EmbeddedPostgres:
         self.user: str | None = None
 
     def _run(self, *args: str) -> None:
-        subprocess.run([str(self.bin / args[0]), *args[1:]], check=True, cwd=self.base,
-                       user=self.user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=120)
+        subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            check=True,
+            cwd=self.base,
+            user=self.user,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
 
     def start(self) -> str:
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # PostgreSQL refuses root
@@ -106,13 +112,35 @@ class EmbeddedPostgres:
             ensure_folder_permissions(self.bin, 0o555)
             ensure_folder_permissions(self.bin.parent / "lib", 0o444)
             os.chown(self.base, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                  "--encoding=UTF8", "--no-locale", "--no-sync")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        )
         port = _free_port()
-        options = (f"-p {port} -h 127.0.0.1 -k {self.base} -c fsync=off"
-                   " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-w", "-t", "60",
-                  "-o", options, "start")
+        options = (
+            f"-p {port} -h 127.0.0.1 -k {self.base} -c fsync=off"
+            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         return f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
     def stop(self) -> None:
@@ -221,8 +249,11 @@ async def bench_tether(store_url: str, config: argparse.Namespace) -> Result:
         return {}
 
     # Submitters use a manager (and a store) of their own, as another process would.
-    manager = JobManager(app.jobs.types, store_url, store_options={"max_connections": 10}
-                         if store_url.startswith("postgres") else None)
+    manager = JobManager(
+        app.jobs.types,
+        store_url,
+        store_options={"max_connections": 10} if store_url.startswith("postgres") else None,
+    )
     await manager.open(reap=False)
     result = Result("tether-sqlite" if store_url.startswith("sqlite") else "tether-postgres")
     try:
@@ -253,8 +284,9 @@ async def bench_procrastinate(db_url: str, config: argparse.Namespace) -> Result
     import procrastinate
 
     probe = Probe()
-    app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-        conninfo=db_url, min_size=2, max_size=10))
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(conninfo=db_url, min_size=2, max_size=10)
+    )
 
     @app.task(name="noop")
     async def noop(i: int | None = None) -> None:
@@ -267,10 +299,13 @@ async def bench_procrastinate(db_url: str, config: argparse.Namespace) -> Result
         result.enqueue_per_s = await timed_enqueue(lambda i: noop.defer_async(), n)
         probe.expect(n)
         started = time.perf_counter()
-        task = asyncio.ensure_future(app.run_worker_async(
-            concurrency=config.concurrency, install_signal_handlers=False,
-            fetch_job_polling_interval=0.5,
-        ))
+        task = asyncio.ensure_future(
+            app.run_worker_async(
+                concurrency=config.concurrency,
+                install_signal_handlers=False,
+                fetch_job_polling_interval=0.5,
+            )
+        )
         await asyncio.wait_for(probe.done.wait(), 300)
         result.process_per_s = n / (time.perf_counter() - started)
         await asyncio.sleep(0.5)
@@ -337,8 +372,10 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
 
 def report(results: dict[str, Result]) -> list[dict[str, Any]]:
     base = results.get("pgqueuer")
-    print(f"\n{'system':<17}{'enqueue/s':>11}{'process/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
-          f"   ratios to pgqueuer (enqueue, process, p50)")
+    print(
+        f"\n{'system':<17}{'enqueue/s':>11}{'process/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        f"   ratios to pgqueuer (enqueue, process, p50)"
+    )
     for name, r in results.items():
         if r.error:
             print(f"{name:<17} FAILED: {r.error}")
@@ -346,20 +383,29 @@ def report(results: dict[str, Result]) -> list[dict[str, Any]]:
         ratios = ""
         if base is not None and not base.error and name != "pgqueuer":
             parts = []
-            for mine, theirs in ((r.enqueue_per_s, base.enqueue_per_s),
-                                 (r.process_per_s, base.process_per_s),
-                                 (r.latency_p50_ms, base.latency_p50_ms)):
+            for mine, theirs in (
+                (r.enqueue_per_s, base.enqueue_per_s),
+                (r.process_per_s, base.process_per_s),
+                (r.latency_p50_ms, base.latency_p50_ms),
+            ):
                 parts.append("-" if not mine or not theirs else f"{mine / theirs:.2f}x")
             ratios = ", ".join(parts)
-        print(f"{name:<17}{fmt(r.enqueue_per_s):>11}{fmt(r.process_per_s):>11}"
-              f"{fmt(r.latency_p50_ms, '.2f'):>9}{fmt(r.latency_p99_ms, '.2f'):>9}   {ratios}")
+        print(
+            f"{name:<17}{fmt(r.enqueue_per_s):>11}{fmt(r.process_per_s):>11}"
+            f"{fmt(r.latency_p50_ms, '.2f'):>9}{fmt(r.latency_p99_ms, '.2f'):>9}   {ratios}"
+        )
     goals = []
     tether_pg = results.get("tether-postgres")
     if base is not None and tether_pg is not None and not base.error and not tether_pg.error:
         for what in ("enqueue_per_s", "process_per_s"):
             mine, theirs = getattr(tether_pg, what), getattr(base, what)
-            goals.append({"target": f"tether-postgres {what} >= pgqueuer's",
-                          "ratio": mine / theirs, "met": mine >= theirs})
+            goals.append(
+                {
+                    "target": f"tether-postgres {what} >= pgqueuer's",
+                    "ratio": mine / theirs,
+                    "met": mine >= theirs,
+                }
+            )
     if goals:
         print("\ntargets")
         for goal in goals:
@@ -413,8 +459,10 @@ async def run(config: argparse.Namespace, admin_url: str) -> dict[str, Result]:
             **{**vars(config), "latency": max(config.latency // config.repeat, 1)}
         )
         for round_ in range(config.repeat):
-            order = config.systems[round_ % len(config.systems):] + \
-                config.systems[:round_ % len(config.systems)]
+            order = (
+                config.systems[round_ % len(config.systems) :]
+                + config.systems[: round_ % len(config.systems)]
+            )
             for system in order:
                 print(f"round {round_ + 1}/{config.repeat}: {system} ...", flush=True)
                 runs[system].append(await run_one(system, per_round, admin_url, tmp))
@@ -440,9 +488,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(config.systems) - set(SYSTEMS)
     if unknown:
         parser.error(f"unknown systems: {sorted(unknown)}")
-    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus; "
-          f"{config.jobs} jobs, {config.latency} latency samples, concurrency "
-          f"{config.concurrency}, {config.repeat} rounds")
+    print(
+        f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cpus; "
+        f"{config.jobs} jobs, {config.latency} latency samples, concurrency "
+        f"{config.concurrency}, {config.repeat} rounds"
+    )
     server = None
     admin_url = config.postgres
     if admin_url is None and any(s != "tether-sqlite" for s in config.systems):
@@ -455,10 +505,15 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     goals = report(results)
     if config.json:
-        config.json.write_text(json.dumps({
-            "results": {k: {**asdict(v), "samples": None} for k, v in results.items()},
-            "targets": goals,
-        }, indent=2))
+        config.json.write_text(
+            json.dumps(
+                {
+                    "results": {k: {**asdict(v), "samples": None} for k, v in results.items()},
+                    "targets": goals,
+                },
+                indent=2,
+            )
+        )
     return 1 if any(r.error for r in results.values()) else 0
 
 

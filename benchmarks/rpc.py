@@ -344,7 +344,8 @@ def start_nats(cpus: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     process = subprocess.Popen(
         [nats_server_binary(), "-a", HOST, "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     if cpus:
         os.sched_setaffinity(process.pid, cpus)
@@ -601,8 +602,10 @@ def report(results: dict[str, Result], goals: list[dict[str, Any]], labels: dict
             print(f"{labels[key]:<24}" + "".join(fmt(c, 14, ".2f", "x") for c in cells))
     if (via := results.get("tether-relay")) and (direct := results.get("tether-json")):
         p50, calls = ratio(via.p50_us, direct.p50_us), ratio(via.calls_per_s, direct.calls_per_s)
-        print(f"\nrelay / direct HTTP (tether-json): p50 {fmt(p50, 0, '.2f', 'x')}, "
-              f"throughput {fmt(calls, 0, '.2f', 'x')}")
+        print(
+            f"\nrelay / direct HTTP (tether-json): p50 {fmt(p50, 0, '.2f', 'x')}, "
+            f"throughput {fmt(calls, 0, '.2f', 'x')}"
+        )
     print("\ntargets")
     for row in goals:
         mark = {True: "met", False: "NOT met", None: "not measured"}[row["met"]]
@@ -633,7 +636,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, help="sequential calls timed per stack")
     parser.add_argument("--duration", type=float, help="seconds of each throughput run")
     parser.add_argument(
-        "--relay", metavar="NATS_URL", nargs="?", const="auto",
+        "--relay",
+        metavar="NATS_URL",
+        nargs="?",
+        const="auto",
         help="also Tether through the relay (no URL: start a nats-server here)",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")

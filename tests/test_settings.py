@@ -43,7 +43,10 @@ def test_a_client_takes_its_own_settings() -> None:
 def test_config_show(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tether.cli", "config", "show"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
         env={"TETHER_DEFAULT_TIMEOUT": "7", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

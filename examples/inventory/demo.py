@@ -50,16 +50,30 @@ def free_port() -> int:
 #: The job store and registry the processes share: SQLite files in a temporary directory.
 STATE = Path(tempfile.mkdtemp(prefix="tether-demo-"))
 REGISTRY = f"sqlite:///{STATE / 'registry.db'}"
-ENV = {**os.environ, "PYTHONPATH": str(ROOT),
-       "TETHER_JOB_STORE_URL": f"sqlite:///{STATE / 'jobs.db'}",
-       "TETHER_REGISTRY_URL": REGISTRY}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT),
+    "TETHER_JOB_STORE_URL": f"sqlite:///{STATE / 'jobs.db'}",
+    "TETHER_REGISTRY_URL": REGISTRY,
+}
 
 
 def start_server(port: int) -> subprocess.Popen[bytes]:
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tether.cli", "serve", "examples.inventory.app:app",
-               "--port", str(port), "--advertise", url, "--log-level", "warning",
-               "--no-access-log"]
+    command = [
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "serve",
+        "examples.inventory.app:app",
+        "--port",
+        str(port),
+        "--advertise",
+        url,
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
     print(f"$ tether serve examples.inventory.app:app --port {port} --advertise {url}")
     server = subprocess.Popen(command, cwd=ROOT, env=ENV)
     deadline = time.monotonic() + 20
@@ -76,15 +90,21 @@ def start_server(port: int) -> subprocess.Popen[bytes]:
 def start_worker() -> subprocess.Popen[bytes]:
     print("$ tether worker examples.inventory.app:app --concurrency 2")
     log = (STATE / "worker.log").open("wb")
-    command = [sys.executable, "-m", "tether.cli", "worker", "examples.inventory.app:app",
-               "--concurrency", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "tether.cli",
+        "worker",
+        "examples.inventory.app:app",
+        "--concurrency",
+        "2",
+    ]
     return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
 
 
 def run(command: list[str], shown: str) -> None:
     print(f"$ {shown}")
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV,
-                            timeout=60)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60)
     print((result.stdout or result.stderr).rstrip())
 
 
@@ -98,8 +118,9 @@ def show_checksums(result: dict[str, object]) -> None:
 
 def http_json(method: str, url: str, body: object | None = None) -> dict[str, object]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=60) as response:
         answer: dict[str, object] = json.loads(response.read())
         return answer
@@ -112,8 +133,10 @@ def jobs_demo(url: str) -> None:
         step("Python: client.connect(url).jobs.submit(...), then job.wait() and job.result")
         with tether.Client(timeout=30) as client:
             jobs = client.connect(url).jobs
-            job = jobs.submit("checksum", {"paths": ["README.md", "pyproject.toml",
-                                                     "examples/inventory/devices.csv"]})
+            job = jobs.submit(
+                "checksum",
+                {"paths": ["README.md", "pyproject.toml", "examples/inventory/devices.csv"]},
+            )
             print("submitted", job.id, "->", job.status.value)
             job.wait(60)
             print("finished  ->", job.job.state.value, f"after {job.job.attempts} attempt(s)")
@@ -128,13 +151,21 @@ def jobs_demo(url: str) -> None:
         shown = f"curl -d '{body}' -H 'content-type: application/json' {url}/jobs"
         if shutil.which("curl"):
             print(f"$ {shown}")
-            made = subprocess.run(["curl", "-s", "-d", body, "-H", "content-type: application/json",
-                                   f"{url}/jobs"], capture_output=True, text=True, timeout=30)
+            made = subprocess.run(
+                ["curl", "-s", "-d", body, "-H", "content-type: application/json", f"{url}/jobs"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             submitted = json.loads(made.stdout)
             print(json.dumps({k: submitted[k] for k in ("id", "type", "state")}))
             print(f"$ curl '{url}/jobs/{submitted['id']}/wait?timeout=30'")
-            waited = subprocess.run(["curl", "-s", f"{url}/jobs/{submitted['id']}/wait?timeout=30"],
-                                    capture_output=True, text=True, timeout=60)
+            waited = subprocess.run(
+                ["curl", "-s", f"{url}/jobs/{submitted['id']}/wait?timeout=30"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             finished = json.loads(waited.stdout)
         else:
             print(f"(curl is not installed; the same requests with urllib)\n$ {shown}")
@@ -146,10 +177,14 @@ def jobs_demo(url: str) -> None:
         step("The tether CLI, waiting with a progress bar (on a terminal) for the result")
         cli = [sys.executable, "-m", "tether.cli"]
         parameters = '{"paths": ["examples/inventory/devices.csv"]}'
-        run([*cli, "jobs", "submit", url, "checksum", "--json", parameters, "--wait"],
-            f"tether jobs submit {url} checksum --json '{parameters}' --wait")
-        run([*cli, "jobs", "submit", url, "checksum", "paths:=[\"no/such/file\"]", "--wait"],
-            f"tether jobs submit {url} checksum 'paths:=[\"no/such/file\"]' --wait")
+        run(
+            [*cli, "jobs", "submit", url, "checksum", "--json", parameters, "--wait"],
+            f"tether jobs submit {url} checksum --json '{parameters}' --wait",
+        )
+        run(
+            [*cli, "jobs", "submit", url, "checksum", 'paths:=["no/such/file"]', "--wait"],
+            f"tether jobs submit {url} checksum 'paths:=[\"no/such/file\"]' --wait",
+        )
     finally:
         step("Stop the worker (SIGTERM: running jobs finish or are handed back)")
         worker.send_signal(signal.SIGTERM)
@@ -169,8 +204,15 @@ def main() -> None:
             print("list  ->", [d.name for d in inventory.list_devices()])
             print("get   ->", inventory.get("r1"))
             print("filter(tags=['ams1']) ->", [d.name for d in inventory.filter(tags=["ams1"])])
-            added = inventory.add(Device(name="r3", host="10.0.0.3", platform="iosxr",
-                                         tags=["core"], added_at=dt.datetime.now(dt.UTC)))
+            added = inventory.add(
+                Device(
+                    name="r3",
+                    host="10.0.0.3",
+                    platform="iosxr",
+                    tags=["core"],
+                    added_at=dt.datetime.now(dt.UTC),
+                )
+            )
             print("add   ->", added.name, added.added_at.isoformat())
             try:
                 inventory.get("ghost")
@@ -183,16 +225,29 @@ def main() -> None:
 
         step("The tether CLI")
         cli = [sys.executable, "-m", "tether.cli"]
-        run([*cli, "call", url, "inventory.get", "name=r3"],
-            f"tether call {url} inventory.get name=r3")
-        run([*cli, "call", url, "inventory.filter", "platform=nxos"],
-            f"tether call {url} inventory.filter platform=nxos")
-        run([*cli, "call", url, "inventory.get", "name=ghost"],
-            f"tether call {url} inventory.get name=ghost")
+        run(
+            [*cli, "call", url, "inventory.get", "name=r3"],
+            f"tether call {url} inventory.get name=r3",
+        )
+        run(
+            [*cli, "call", url, "inventory.filter", "platform=nxos"],
+            f"tether call {url} inventory.filter platform=nxos",
+        )
+        run(
+            [*cli, "call", url, "inventory.get", "name=ghost"],
+            f"tether call {url} inventory.get name=ghost",
+        )
 
         step("curl")
-        curl = ["curl", "-s", "-d", '{"name": "r1"}', "-H", "content-type: application/json",
-                f"{url}/rpc/inventory/get"]
+        curl = [
+            "curl",
+            "-s",
+            "-d",
+            '{"name": "r1"}',
+            "-H",
+            "content-type: application/json",
+            f"{url}/rpc/inventory/get",
+        ]
         shown = (
             "curl -d '{\"name\": \"r1\"}' -H 'content-type: application/json' "
             f"{url}/rpc/inventory/get"
@@ -202,7 +257,8 @@ def main() -> None:
         else:
             print(f"(curl is not installed; the same request with urllib)\n$ {shown}")
             request = urllib.request.Request(
-                f"{url}/rpc/inventory/get", data=b'{"name": "r1"}',
+                f"{url}/rpc/inventory/get",
+                data=b'{"name": "r1"}',
                 headers={"content-type": "application/json"},
             )
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -232,8 +288,10 @@ def discovery_demo() -> None:
             answered = [inventory.get("r1").name for _ in range(6)]
             print("get('r1') x6 ->", answered)
             print("calls per instance:", dict(conn.transport.balancer.calls))  # type: ignore[attr-defined]
-        run([*cli, "call", "inventory", "inventory.get", "name=sw1"],
-            "tether call inventory inventory.get name=sw1")
+        run(
+            [*cli, "call", "inventory", "inventory.get", "name=sw1"],
+            "tether call inventory inventory.get name=sw1",
+        )
     finally:
         step("Stop the second instance (SIGTERM: it drains, then deregisters)")
         second.terminate()

@@ -198,9 +198,7 @@ class Unavailable(RemoteError):
         super().__init__(message, details, code=StatusCode.UNAVAILABLE)
 
 
-def error_from_envelope(
-    envelope: Any, http_status: int
-) -> TetherError:
+def error_from_envelope(envelope: Any, http_status: int) -> TetherError:
     """Rebuild the exception that an error response describes.
 
     Args:

@@ -95,8 +95,9 @@ def method(
         raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
 
     def decorate(fn: F) -> F:
-        setattr(fn, _METHOD_ATTR,
-                MethodOptions(idempotent, timeout, name, tuple(errors), tuple(scopes)))
+        setattr(
+            fn, _METHOD_ATTR, MethodOptions(idempotent, timeout, name, tuple(errors), tuple(scopes))
+        )
         return fn
 
     return decorate
@@ -127,8 +128,9 @@ def service(
         svc_name = name or cls.__name__.lower()
         if not svc_name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"service name {svc_name!r} must be letters, digits, '_' or '-'")
-        setattr(cls, _SERVICE_ATTR,
-                _ServiceOptions(svc_name, version, tuple(errors), tuple(scopes)))
+        setattr(
+            cls, _SERVICE_ATTR, _ServiceOptions(svc_name, version, tuple(errors), tuple(scopes))
+        )
         return cls
 
     return decorate

@@ -59,7 +59,7 @@ class Pair(TypedDict):
 
 #: name -> (type, a value that must round-trip exactly)
 SAMPLES: dict[str, tuple[Any, Any]] = {
-    "str": (str, "héllo ✓ \"quoted\"\n"),
+    "str": (str, 'héllo ✓ "quoted"\n'),
     "int": (int, 2**62 + 1),
     "negative_int": (int, -17),
     "float": (float, 0.1),
@@ -78,8 +78,10 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "literal": (Literal["up", "down"], "down"),
     "enum": (Color, Color.GREEN),
     "int_enum": (Level, Level.HIGH),
-    "datetime_aware": (dt.datetime, dt.datetime(2026, 11, 22, 10, 30, 1, 123456,
-                                               tzinfo=dt.timezone(dt.timedelta(hours=2)))),
+    "datetime_aware": (
+        dt.datetime,
+        dt.datetime(2026, 11, 22, 10, 30, 1, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2))),
+    ),
     "datetime_naive": (dt.datetime, dt.datetime(2026, 11, 22, 10, 30, 1, 5)),
     "date": (dt.date, dt.date(2026, 2, 28)),
     "time": (dt.time, dt.time(23, 59, 58, 999)),
@@ -87,9 +89,15 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "uuid": (uuid.UUID, uuid.UUID("12345678-1234-5678-1234-567812345678")),
     "decimal": (Decimal, Decimal("12.3400")),
     "bytes": (bytes, b"\x00\xff\xfe binary \x80"),
-    "model": (Port, Port(device="r1", interfaces=[Interface(name="ge-0/0/0"),
-                                                  Interface(name="lo0", mtu=65535)],
-                         seen=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), labels={"k": "v"})),
+    "model": (
+        Port,
+        Port(
+            device="r1",
+            interfaces=[Interface(name="ge-0/0/0"), Interface(name="lo0", mtu=65535)],
+            seen=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            labels={"k": "v"},
+        ),
+    ),
     "dataclass": (Point, Point(1, 2.5, "p")),
     "typeddict": (Pair, {"left": 1, "right": "r"}),
     "list_of_models": (list[Interface], [Interface(name="a"), Interface(name="b", mtu=9000)]),

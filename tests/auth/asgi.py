@@ -54,15 +54,24 @@ async def request(
         hdrs.setdefault("content-type", "application/json")
     hdrs.setdefault("content-length", str(len(body)))
     scope: dict[str, Any] = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1", "method": verb, "scheme": "https" if client_cert_pem else "http",
-        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": verb,
+        "scheme": "https" if client_cert_pem else "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
         "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in hdrs.items()],
-        "client": (client, 50000), "server": ("127.0.0.1", 8000), "state": {},
+        "client": (client, 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
     }
     if client_cert_pem is not None:
-        scope["extensions"] = {"tls": {"client_cert_chain": [client_cert_pem],
-                                       "tls_version": 0x0304}}
+        scope["extensions"] = {
+            "tls": {"client_cert_chain": [client_cert_pem], "tls_version": 0x0304}
+        }
     sent = False
 
     async def receive() -> dict[str, Any]:

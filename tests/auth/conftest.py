@@ -51,27 +51,55 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
         leaf.private_key_pem.write_to_path(str(d / f"{name}.key"))
         return d / f"{name}.pem", d / f"{name}.key"
 
-    return PKI(d, d / "ca.pem", d / "server.pem", d / "server.key",
-               client(ca, "robot", "robot.example.org"),
-               client(ca, "stranger", "stranger.example.org"),
-               client(other, "evil", "robot.example.org"), d / "other-ca.pem")
+    return PKI(
+        d,
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        client(ca, "robot", "robot.example.org"),
+        client(ca, "stranger", "stranger.example.org"),
+        client(other, "evil", "robot.example.org"),
+        d / "other-ca.pem",
+    )
 
 
 class TLSServer(ServerProcess):
     """``tether serve`` with ``--tls-cert``/``--tls-client-ca``, checked over HTTPS."""
 
     def __init__(self, target: str, pki: PKI, env: dict[str, str]) -> None:
-        super().__init__(target, args=["--tls-cert", str(pki.server_cert), "--tls-key",
-                                       str(pki.server_key), "--tls-client-ca", str(pki.ca)],
-                         env=env)
+        super().__init__(
+            target,
+            args=[
+                "--tls-cert",
+                str(pki.server_cert),
+                "--tls-key",
+                str(pki.server_key),
+                "--tls-client-ca",
+                str(pki.ca),
+            ],
+            env=env,
+        )
         self.url = f"https://127.0.0.1:{self.port}"
         self._context = ssl.create_default_context(cafile=str(pki.ca))
 
     def start(self, timeout: float = 20.0) -> TLSServer:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tether.cli", "serve", self.target, "--port", str(self.port),
-             "--log-level", "debug", *self.args],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "tether.cli",
+                "serve",
+                self.target,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "debug",
+                *self.args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -79,8 +107,9 @@ class TLSServer(ServerProcess):
                 out = self.process.stdout.read().decode() if self.process.stdout else ""
                 raise RuntimeError(f"{self} exited with {self.process.returncode}:\n{out}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1,
-                                            context=self._context) as r:
+                with urllib.request.urlopen(
+                    self.url + "/healthz", timeout=1, context=self._context
+                ) as r:
                     if r.status == 200:
                         return self
             except OSError:
@@ -134,6 +163,10 @@ def secure(pki: PKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secur
 @pytest.fixture
 def client_env(tmp_path: Path, pki: PKI) -> dict[str, str]:
     """Environment for client subprocesses: a private state dir and credentials file."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "TETHER_STATE_DIR": str(tmp_path / "state"),
-            "TETHER_CREDENTIALS_PATH": str(tmp_path / "credentials.json"),
-            "TETHER_CONFIG": str(tmp_path / "none.toml")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TETHER_STATE_DIR": str(tmp_path / "state"),
+        "TETHER_CREDENTIALS_PATH": str(tmp_path / "credentials.json"),
+        "TETHER_CONFIG": str(tmp_path / "none.toml"),
+    }

@@ -71,24 +71,39 @@ def make_app(*, clock: Any = None, job_store: str | None = None) -> tether.App:
     """
     per_user, per_address = Limit(5, 60.0), Limit(20, 60.0)
     store = CredentialStore.memory(hasher=fast_hasher())
-    store.add_user("alice", PASSWORD,
-                   ["vault.read", "vault.write", "introspect", "extra", "jobs", "metrics"])
+    store.add_user(
+        "alice", PASSWORD, ["vault.read", "vault.write", "introspect", "extra", "jobs", "metrics"]
+    )
     store.add_user("bob", "bob-password-123", ["vault.read"])
-    limiter = (LoginLimiter(per_user, per_address, clock=clock) if clock
-               else LoginLimiter(per_user, per_address))
+    limiter = (
+        LoginLimiter(per_user, per_address, clock=clock)
+        if clock
+        else LoginLimiter(per_user, per_address)
+    )
     extra = Starlette(routes=[Route("/things", things, methods=["GET", "POST"])])
-    app = tether.App(VaultService(), title="Vault", job_store=job_store, auth=AuthConfig(
-        store=store,
-        audience="vault",
-        scopes={"extra.things": ["extra"]},
-        route_scopes={"/rpc": ["introspect"], "/openapi.json": ["introspect"],
-                      "/docs": ["introspect"], "/extra": ["extra"], "/jobs": ["jobs"],
-                      "/metrics": ["metrics"]},
-        certificates=CertificateAuth({"robot.example.org": ["vault.read"]}),
-        login_limits=limiter,
-    ))
+    app = tether.App(
+        VaultService(),
+        title="Vault",
+        job_store=job_store,
+        auth=AuthConfig(
+            store=store,
+            audience="vault",
+            scopes={"extra.things": ["extra"]},
+            route_scopes={
+                "/rpc": ["introspect"],
+                "/openapi.json": ["introspect"],
+                "/docs": ["introspect"],
+                "/extra": ["extra"],
+                "/jobs": ["jobs"],
+                "/metrics": ["metrics"],
+            },
+            certificates=CertificateAuth({"robot.example.org": ["vault.read"]}),
+            login_limits=limiter,
+        ),
+    )
     app.mount("/extra", extra)
     if job_store is not None:
-        app.register_job_type("echo", parameters_schema={"type": "object"},
-                              result_schema={"type": "object"})
+        app.register_job_type(
+            "echo", parameters_schema={"type": "object"}, result_schema={"type": "object"}
+        )
     return app

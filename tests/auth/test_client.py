@@ -31,12 +31,17 @@ with tether.Client(settings=settings) as client:
 
 
 def settings_for(tmp_path: Path, pki: PKI, **more: object) -> Settings:
-    return Settings(state_dir=tmp_path / "state", credentials_path=tmp_path / "creds.json",
-                    tls_ca_bundle=pki.ca, **more)
+    return Settings(
+        state_dir=tmp_path / "state",
+        credentials_path=tmp_path / "creds.json",
+        tls_ca_bundle=pki.ca,
+        **more,
+    )
 
 
-def test_a_password_login_keeps_tokens_in_the_file(tmp_path: Path, pki: PKI,
-                                                   secure: SecureServer) -> None:
+def test_a_password_login_keeps_tokens_in_the_file(
+    tmp_path: Path, pki: PKI, secure: SecureServer
+) -> None:
     settings = settings_for(tmp_path, pki)
     with tether.Client(settings=settings) as client:
         inventory = client.connect(secure.url, username="alice", password=ALICE_PASSWORD)
@@ -55,8 +60,7 @@ def test_a_401_renews_once(tmp_path: Path, pki: PKI, secure: SecureServer) -> No
     settings = settings_for(tmp_path, pki)
     file = CredentialsFile(settings.effective_credentials_path)
     with tether.Client(settings=settings) as client:
-        client.connect(secure.url, username="alice", password=ALICE_PASSWORD).call(
-            "inventory.list")
+        client.connect(secure.url, username="alice", password=ALICE_PASSWORD).call("inventory.list")
     # The server refuses the stored access token (as after a key change): refresh, retry.
     file.update(secure.url, lambda e: {**(e or {}), "access_token": "eyJ0.eyJ0.broken"})
     with tether.Client(settings=settings) as client:
@@ -64,8 +68,10 @@ def test_a_401_renews_once(tmp_path: Path, pki: PKI, secure: SecureServer) -> No
     entry = file.get(secure.url)
     assert entry is not None and entry["access_token"] != "eyJ0.eyJ0.broken"
     # Both tokens refused and no password to log in again with: say so.
-    file.update(secure.url, lambda e: {**(e or {}), "access_token": "eyJ0.eyJ0.broken",
-                                       "refresh_token": "trt_unknown"})
+    file.update(
+        secure.url,
+        lambda e: {**(e or {}), "access_token": "eyJ0.eyJ0.broken", "refresh_token": "trt_unknown"},
+    )
     with tether.Client(settings=settings) as client, pytest.raises(AuthenticationFailed) as exc:
         client.connect(secure.url).call("inventory.list")
     assert exc.value.refused == "password" and "no password" in exc.value.message
@@ -84,8 +90,7 @@ def test_no_credentials_and_wrong_scopes(tmp_path: Path, pki: PKI, secure: Secur
         assert denied.value.details == {"missing": ["inventory.write"]}
 
 
-def test_two_processes_refreshing_at_once(tmp_path: Path, pki: PKI, secure: SecureServer
-                                          ) -> None:
+def test_two_processes_refreshing_at_once(tmp_path: Path, pki: PKI, secure: SecureServer) -> None:
     """Each of two processes renews its token before each of 12 calls, at the same time.
 
     Rotation makes a refresh token single-use, so without the lock and the
@@ -95,14 +100,19 @@ def test_two_processes_refreshing_at_once(tmp_path: Path, pki: PKI, secure: Secu
     settings = settings_for(tmp_path, pki)
     path = settings.effective_credentials_path
     with tether.Client(settings=settings) as client:
-        client.connect(secure.url, username="alice", password=ALICE_PASSWORD).call(
-            "inventory.list")
+        client.connect(secure.url, username="alice", password=ALICE_PASSWORD).call("inventory.list")
     script = tmp_path / "refresher.py"
     script.write_text(REFRESHER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), str(pki.ca), secure.url,
-                               "12"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(pki.ca), secure.url, "12"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     data = json.loads(path.read_text())

@@ -23,8 +23,15 @@ class FakeClock:
 
 
 def attempt(app: tether.App, user: str, password: str, address: str = "10.0.0.1") -> Answer:
-    return run(request(app, "POST", "/auth/login", client=address,
-                       body={"username": user, "password": password}))
+    return run(
+        request(
+            app,
+            "POST",
+            "/auth/login",
+            client=address,
+            body={"username": user, "password": password},
+        )
+    )
 
 
 def refresh(app: tether.App, token: str) -> Answer:
@@ -48,8 +55,15 @@ def test_login_errors_say_what_was_refused(app: tether.App) -> None:
 
 def test_login_takes_a_form_too(app: tether.App) -> None:
     form = f"grant_type=password&username=alice&password={PASSWORD}".encode()
-    answer = run(request(app, "POST", "/auth/login", body=form,
-                         headers={"content-type": "application/x-www-form-urlencoded"}))
+    answer = run(
+        request(
+            app,
+            "POST",
+            "/auth/login",
+            body=form,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    )
     assert answer.status == 200 and answer.json()["token_type"] == "Bearer"
 
 
@@ -65,8 +79,15 @@ def test_refresh_rotates_and_reuse_revokes_the_family(app: tether.App) -> None:
     after = refresh(app, third["refresh_token"])
     assert after.status == 401 and after.error["details"]["refused"] == "refresh_token"
     for token in (second["access_token"], third["access_token"]):
-        peek = run(request(app, "POST", "/rpc/vault/peek", body={},
-                           headers={"authorization": f"Bearer {token}"}))
+        peek = run(
+            request(
+                app,
+                "POST",
+                "/rpc/vault/peek",
+                body={},
+                headers={"authorization": f"Bearer {token}"},
+            )
+        )
         assert peek.status == 401
 
 
@@ -115,8 +136,7 @@ def test_password_guessing_is_limited_per_address() -> None:
     assert attempt(app, "alice", PASSWORD, "192.0.2.7").status == 200
 
 
-def test_no_secret_in_logs_or_messages(app: tether.App, caplog: pytest.LogCaptureFixture
-                                       ) -> None:
+def test_no_secret_in_logs_or_messages(app: tether.App, caplog: pytest.LogCaptureFixture) -> None:
     """Drive every path that handles a secret; none appears in a log record or answer."""
     assert app.auth is not None
     caplog.set_level(logging.DEBUG)
@@ -132,8 +152,17 @@ def test_no_secret_in_logs_or_messages(app: tether.App, caplog: pytest.LogCaptur
     key = app.auth.store.add_api_key("ci", ["vault.read"])
     secrets += [expired, key, key[:-4] + "AAAA"]
     for token in (expired, key[:-4] + "AAAA", tokens["access_token"], "x" + new["access_token"]):
-        answers.append(run(request(app, "POST", "/rpc/vault/peek", body={},
-                                   headers={"authorization": f"Bearer {token}"})))
+        answers.append(
+            run(
+                request(
+                    app,
+                    "POST",
+                    "/rpc/vault/peek",
+                    body={},
+                    headers={"authorization": f"Bearer {token}"},
+                )
+            )
+        )
     answers.append(run(request(app, "GET", "/rpc", headers={"authorization": f"Bearer {key}x"})))
     with tether.Client() as client:
         for token in (expired, key + "x"):
@@ -156,5 +185,3 @@ def test_reprs_hide_secrets() -> None:
 
     assert "k3y" not in repr(TokenIssuer(b"k3y-k3y-k3y", issuer="i", audience="a"))
     assert "tok3n" not in repr(StaticAuth("tok3n"))
-
-

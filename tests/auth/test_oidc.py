@@ -59,8 +59,11 @@ class Provider:
         self.add_key("rsa-1")
 
     def add_key(self, kid: str, kind: str = "rsa") -> None:
-        self.keys[kid] = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
-                          if kind == "rsa" else ec.generate_private_key(ec.SECP256R1()))
+        self.keys[kid] = (
+            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            if kind == "rsa"
+            else ec.generate_private_key(ec.SECP256R1())
+        )
 
     def public_jwk(self, kid: str) -> dict[str, Any]:
         key = self.keys[kid]
@@ -71,8 +74,15 @@ class Provider:
     def token(self, kid: str = "rsa-1", **claims: Any) -> str:
         key = self.keys[kid]
         now = int(time.time())
-        body = {"iss": self.issuer, "aud": "vault-api", "sub": "user-42", "iat": now,
-                "exp": now + 300, "scope": "vault.read", **claims}
+        body = {
+            "iss": self.issuer,
+            "aud": "vault-api",
+            "sub": "user-42",
+            "iat": now,
+            "exp": now + 300,
+            "scope": "vault.read",
+            **claims,
+        }
         alg = "RS256" if isinstance(key, rsa.RSAPrivateKey) else "ES256"
         return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
 
@@ -94,19 +104,26 @@ def test_tokens_verify_through_discovery(idp: Provider) -> None:
     assert identity.subject == "user-42" and identity.method == "oidc"
     assert identity.scopes == {"vault.read", "vault.write"}
     assert oidc.jwks_url == idp.issuer + "/jwks"
-    roles = OIDCProvider(idp.issuer, "vault-api", jwks_url=idp.issuer + "/jwks",
-                         scopes_claim="roles", subject_claim="email")
+    roles = OIDCProvider(
+        idp.issuer,
+        "vault-api",
+        jwks_url=idp.issuer + "/jwks",
+        scopes_claim="roles",
+        subject_claim="email",
+    )
     who = roles.verify(idp.token(roles=["admin"], email="a@example.org"))
     assert who.subject == "a@example.org" and who.scopes == {"admin"}
 
 
-@pytest.mark.parametrize(("claims", "message"), [
-    ({"aud": "someone-else"}, "another audience"),
-    ({"iss": "https://evil.example"}, "another issuer"),
-    ({"exp": int(time.time()) - 3600}, "expired"),
-])
-def test_bad_oidc_tokens_are_refused(idp: Provider, claims: dict[str, Any], message: str
-                                     ) -> None:
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"aud": "someone-else"}, "another audience"),
+        ({"iss": "https://evil.example"}, "another issuer"),
+        ({"exp": int(time.time()) - 3600}, "expired"),
+    ],
+)
+def test_bad_oidc_tokens_are_refused(idp: Provider, claims: dict[str, Any], message: str) -> None:
     oidc = OIDCProvider(idp.issuer, "vault-api", leeway=0)
     with pytest.raises(AuthenticationFailed, match=message) as refused:
         oidc.verify(idp.token(**claims))
@@ -116,13 +133,19 @@ def test_bad_oidc_tokens_are_refused(idp: Provider, claims: dict[str, Any], mess
 def test_a_forged_signature_and_algorithm_confusion_are_refused(idp: Provider) -> None:
     oidc = OIDCProvider(idp.issuer, "vault-api")
     stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    forged = jwt.encode({"iss": idp.issuer, "aud": "vault-api", "sub": "x",
-                         "exp": int(time.time()) + 60}, stranger, algorithm="RS256",
-                        headers={"kid": "rsa-1"})
+    forged = jwt.encode(
+        {"iss": idp.issuer, "aud": "vault-api", "sub": "x", "exp": int(time.time()) + 60},
+        stranger,
+        algorithm="RS256",
+        headers={"kid": "rsa-1"},
+    )
     with pytest.raises(AuthenticationFailed, match="signature"):
         oidc.verify(forged)
-    public_pem = idp.keys["rsa-1"].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    public_pem = (
+        idp.keys["rsa-1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     payload = {"iss": idp.issuer, "aud": "vault-api", "sub": "x", "exp": int(time.time()) + 60}
     header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "kid": "rsa-1"}).encode())
     body = jwt.utils.base64url_encode(json.dumps(payload).encode())
@@ -142,8 +165,9 @@ def test_key_rotation_refetches_but_not_for_every_unknown_kid(idp: Provider) -> 
     throttled = OIDCProvider(idp.issuer, "vault-api", min_refetch=3600)
     throttled.refresh_keys()
     before = idp.fetches
-    bogus = jwt.encode({"iss": idp.issuer}, idp.keys["rsa-1"], algorithm="RS256",
-                       headers={"kid": "no-such-kid"})
+    bogus = jwt.encode(
+        {"iss": idp.issuer}, idp.keys["rsa-1"], algorithm="RS256", headers={"kid": "no-such-kid"}
+    )
     for _ in range(5):
         with pytest.raises(AuthenticationFailed, match="signing key"):
             throttled.verify(bogus)
@@ -151,8 +175,10 @@ def test_key_rotation_refetches_but_not_for_every_unknown_kid(idp: Provider) -> 
 
 
 def test_an_app_accepts_oidc_tokens(idp: Provider) -> None:
-    app = tether.App(VaultService(), auth=AuthConfig(
-        store=":memory:", oidc=[OIDCProvider(idp.issuer, "vault-api")]))
+    app = tether.App(
+        VaultService(),
+        auth=AuthConfig(store=":memory:", oidc=[OIDCProvider(idp.issuer, "vault-api")]),
+    )
     asyncio.run(app.startup())  # fetches the JWKS off the event loop
     with tether.Client() as client:
         reader = client.integrated(app, token=idp.token())

@@ -13,23 +13,25 @@ from tether.auth import AuthenticationFailed, CredentialStore, PermissionDenied
 
 
 @pytest.fixture(scope="module")
-def relayed(nats_url: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[tuple[str, str]]:
+def relayed(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """The secured inventory served through NATS only; (writer key, reader key)."""
     path: Path = tmp_path_factory.mktemp("relay-auth") / "auth.db"
     store = CredentialStore(path)
     writer = store.add_api_key("ci", ["inventory.read", "inventory.write"])
     reader = store.add_api_key("dashboard", ["inventory.read"])
     store.close()
-    process = RelayProcess("examples.inventory.secure:app", nats_url,
-                           env={"TETHER_AUTH_STORE_PATH": str(path),
-                                "TETHER_STATE_DIR": str(path.parent)}).start()
+    process = RelayProcess(
+        "examples.inventory.secure:app",
+        nats_url,
+        env={"TETHER_AUTH_STORE_PATH": str(path), "TETHER_STATE_DIR": str(path.parent)},
+    ).start()
     yield writer, reader
     process.stop()
 
 
 def test_relayed_calls_are_authenticated_and_authorized(
-        nats_url: str, relayed: tuple[str, str]) -> None:
+    nats_url: str, relayed: tuple[str, str]
+) -> None:
     writer, reader = relayed
     with tether.Client(timeout=10) as client:
         with pytest.raises(AuthenticationFailed) as anonymous:
@@ -38,8 +40,9 @@ def test_relayed_calls_are_authenticated_and_authorized(
         with pytest.raises(AuthenticationFailed) as forged:
             client.relay(nats_url, api_key=writer + "x").call("inventory.get", name="r1")
         assert forged.value.refused == "api_key"
-        assert client.relay(nats_url, api_key=reader).call("inventory.get", name="r1")["name"] \
-            == "r1"
+        assert (
+            client.relay(nats_url, api_key=reader).call("inventory.get", name="r1")["name"] == "r1"
+        )
         with pytest.raises(PermissionDenied):
             client.relay(nats_url, api_key=reader).call("inventory.remove", name="r1")
         client.relay(nats_url, api_key=writer).call("inventory.remove", name="r2")

@@ -36,8 +36,9 @@ def app(tmp_path: Path) -> Iterator[tether.App]:
 def protected(app: tether.App) -> list[tuple[str, str]]:
     """Every route of the App but the open ones; path parameters filled in."""
     routes = [(v if v != "*" else "GET", p.replace("/...", "/")) for v, p in app.routes()]
-    filled = [(v, p.replace("{name}", "echo").replace("{job_id}", "no-such-job"))
-              for v, p in routes]
+    filled = [
+        (v, p.replace("{name}", "echo").replace("{job_id}", "no-such-job")) for v, p in routes
+    ]
     return [r for r in filled if r[1] not in OPEN]
 
 
@@ -48,27 +49,37 @@ def call(app: tether.App, verb: str, path: str, token: str | None = None) -> Ans
 
 
 def login(app: tether.App, user: str = "alice", password: str = PASSWORD) -> dict[str, Any]:
-    answer = run(request(app, "POST", "/auth/login",
-                         body={"username": user, "password": password}))
+    answer = run(request(app, "POST", "/auth/login", body={"username": user, "password": password}))
     assert answer.status == 200, answer.body
     return dict(answer.json())
 
 
 def test_the_app_lists_its_routes(app: tether.App) -> None:
     routes = set(protected(app))
-    assert {("GET", "/rpc"), ("GET", "/rpc/vault"), ("GET", "/openapi.json"), ("GET", "/docs"),
-            ("GET", "/metrics"), ("POST", "/rpc/vault/peek"), ("POST", "/rpc/vault/put"),
-            ("GET", "/auth/whoami"), ("GET", "/extra/things"), ("POST", "/extra/things"),
-            ("POST", "/jobs/"), ("POST", "/jobs/claim"),
-            ("POST", "/jobs/no-such-job/complete")} <= routes
+    assert {
+        ("GET", "/rpc"),
+        ("GET", "/rpc/vault"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("GET", "/metrics"),
+        ("POST", "/rpc/vault/peek"),
+        ("POST", "/rpc/vault/put"),
+        ("GET", "/auth/whoami"),
+        ("GET", "/extra/things"),
+        ("POST", "/extra/things"),
+        ("POST", "/jobs/"),
+        ("POST", "/jobs/claim"),
+        ("POST", "/jobs/no-such-job/complete"),
+    } <= routes
     assert not {r for r in routes if r[1] in OPEN}
 
 
 def test_open_routes_need_no_identity(app: tether.App) -> None:
     assert call(app, "GET", "/healthz").status == 200
     assert call(app, "GET", "/readyz").status == 200
-    answer = run(request(app, "POST", "/auth/login", body={"username": "alice",
-                                                             "password": PASSWORD}))
+    answer = run(
+        request(app, "POST", "/auth/login", body={"username": "alice", "password": PASSWORD})
+    )
     assert answer.status == 200 and answer.headers["cache-control"] == "no-store"
 
 
@@ -94,8 +105,9 @@ def test_anonymous_calls_are_refused_everywhere(app: tether.App) -> None:
         assert answer.headers["www-authenticate"].startswith("Bearer")
 
 
-@pytest.mark.parametrize("case", ["expired", "audience", "issuer", "signature", "garbage",
-                                  "scheme"])
+@pytest.mark.parametrize(
+    "case", ["expired", "audience", "issuer", "signature", "garbage", "scheme"]
+)
 def test_bad_tokens_are_refused_everywhere(app: tether.App, case: str) -> None:
     assert app.auth is not None
     tokens = app.auth.tokens
@@ -129,15 +141,17 @@ def test_bad_tokens_are_refused_everywhere(app: tether.App, case: str) -> None:
 
 def test_a_revoked_session_is_refused_everywhere(app: tether.App) -> None:
     tokens = login(app)
-    logout = run(request(app, "POST", "/auth/logout",
-                         body={"refresh_token": tokens["refresh_token"]}))
+    logout = run(
+        request(app, "POST", "/auth/logout", body={"refresh_token": tokens["refresh_token"]})
+    )
     assert logout.json() == {"revoked": True}
     for verb, path in protected(app):
         answer = call(app, verb, path, tokens["access_token"])
         assert answer.status == 401, (verb, path)
         assert "logged out" in answer.error["message"]
-    again = run(request(app, "POST", "/auth/refresh",
-                        body={"refresh_token": tokens["refresh_token"]}))
+    again = run(
+        request(app, "POST", "/auth/refresh", body={"refresh_token": tokens["refresh_token"]})
+    )
     assert again.status == 401 and again.error["details"]["refused"] == "refresh_token"
 
 
@@ -169,9 +183,12 @@ def test_metrics_count_the_calls_refused_at_the_door(app: tether.App) -> None:
     answer = call(app, "GET", "/metrics", token)
     assert answer.status == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
-    counts = {(s.labels["method"], s.labels["code"]): s.value
-              for family in text_string_to_metric_families(answer.body.decode())
-              for s in family.samples if s.name == "tether_calls_total"}
+    counts = {
+        (s.labels["method"], s.labels["code"]): s.value
+        for family in text_string_to_metric_families(answer.body.decode())
+        for s in family.samples
+        if s.name == "tether_calls_total"
+    }
     assert counts[("peek", "unauthenticated")] == 2 and counts[("peek", "ok")] == 1
     bob = login(app, "bob", "bob-password-123")["access_token"]  # no "metrics" scope
     assert call(app, "GET", "/metrics", bob).status == 403

@@ -152,7 +152,7 @@ def test_certificate_names(pki: PKI) -> None:
 
 def test_pins_and_contexts(pki: PKI) -> None:
     pin = fingerprint(pki.server_cert)
-    assert normalise_pin(":".join(pin[i:i + 2].upper() for i in range(0, 64, 2))) == pin
+    assert normalise_pin(":".join(pin[i : i + 2].upper() for i in range(0, 64, 2))) == pin
     with pytest.raises(ValueError):
         normalise_pin("abc")
     pinned = client_context(pin_sha256=pin)
@@ -165,7 +165,7 @@ def test_credentials_file_is_private_and_atomic(tmp_path: Path) -> None:
     file = CredentialsFile(tmp_path / "sub" / "credentials.json")
     assert file.get("https://h:1") is None
     file.put("https://H:1/", {"access_token": "a"})
-    assert file.get("https://h:1")  == {"access_token": "a"}
+    assert file.get("https://h:1") == {"access_token": "a"}
     assert server_key("https://example.org/api/") == "https://example.org:443/api"
     assert stat.S_IMODE(os.stat(file.path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(file.path.parent).st_mode) == 0o700

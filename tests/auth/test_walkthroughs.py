@@ -21,10 +21,18 @@ from tether.settings import Settings
 WALKER_PASSWORD = "walk-the-line-42"
 
 
-def tether_cli(args: list[str], env: dict[str, str], cwd: Path, stdin: str = ""
-               ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tether.cli", *args], env=env, cwd=cwd,
-                          input=stdin, capture_output=True, text=True, timeout=60)
+def tether_cli(
+    args: list[str], env: dict[str, str], cwd: Path, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tether.cli", *args],
+        env=env,
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture
@@ -39,14 +47,32 @@ def client(tmp_path: Path, pki: PKI, monkeypatch: pytest.MonkeyPatch) -> tether.
     return tether.Client(settings=Settings(state_dir=tmp_path / "py-state"))
 
 
-def test_1_a_user_with_a_password(env: dict[str, str], pki: PKI, secure: SecureServer,
-                                  client: tether.Client) -> None:
+def test_1_a_user_with_a_password(
+    env: dict[str, str], pki: PKI, secure: SecureServer, client: tether.Client
+) -> None:
     url = secure.url
-    added = tether_cli(["auth", "add-user", "walker", "--scope", "inventory.read", "--scope",
-                        "inventory.write", "--password-stdin"], env, pki.dir, WALKER_PASSWORD)
+    added = tether_cli(
+        [
+            "auth",
+            "add-user",
+            "walker",
+            "--scope",
+            "inventory.read",
+            "--scope",
+            "inventory.write",
+            "--password-stdin",
+        ],
+        env,
+        pki.dir,
+        WALKER_PASSWORD,
+    )
     assert added.returncode == 0, added.stderr
-    login = tether_cli(["login", url, "--username", "walker", "--ca", "ca.pem",
-                        "--password-stdin"], env, pki.dir, WALKER_PASSWORD + "\n")
+    login = tether_cli(
+        ["login", url, "--username", "walker", "--ca", "ca.pem", "--password-stdin"],
+        env,
+        pki.dir,
+        WALKER_PASSWORD + "\n",
+    )
     assert login.returncode == 0, login.stderr
     assert "logged in" in login.stdout and "walker" in login.stdout
     got = tether_cli(["call", url, "inventory.get", "name=r1"], env, pki.dir)
@@ -61,8 +87,12 @@ def test_1_a_user_with_a_password(env: dict[str, str], pki: PKI, secure: SecureS
     after = tether_cli(["call", url, "inventory.get", "name=r1"], env, pki.dir)
     assert after.returncode == 1 and "unauthenticated" in after.stderr
 
-    wrong = tether_cli(["login", url, "--username", "walker", "--ca", "ca.pem",
-                        "--password-stdin"], env, pki.dir, "not-it\n")
+    wrong = tether_cli(
+        ["login", url, "--username", "walker", "--ca", "ca.pem", "--password-stdin"],
+        env,
+        pki.dir,
+        "not-it\n",
+    )
     assert wrong.returncode == 1 and "wrong password" in wrong.stderr
     assert "not-it" not in wrong.stderr
 
@@ -70,8 +100,9 @@ def test_1_a_user_with_a_password(env: dict[str, str], pki: PKI, secure: SecureS
     from examples.inventory.service import Inventory
 
     with client:
-        inventory = client.connect(url, username="walker", password=WALKER_PASSWORD,
-                                   ca="ca.pem").proxy(Inventory)
+        inventory = client.connect(
+            url, username="walker", password=WALKER_PASSWORD, ca="ca.pem"
+        ).proxy(Inventory)
         assert inventory.get("r1").name == "r1"
     with tether.Client(settings=client.settings) as again:
         with pytest.raises(AuthenticationFailed) as no_terminal:
@@ -79,17 +110,33 @@ def test_1_a_user_with_a_password(env: dict[str, str], pki: PKI, secure: SecureS
         assert no_terminal.value.refused == "password"
 
 
-def test_2_an_api_key(env: dict[str, str], pki: PKI, secure: SecureServer,
-                      client: tether.Client) -> None:
+def test_2_an_api_key(
+    env: dict[str, str], pki: PKI, secure: SecureServer, client: tether.Client
+) -> None:
     url = secure.url
     made = tether_cli(["auth", "add-key", "ci-bot", "--scope", "inventory.read"], env, pki.dir)
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert key.startswith("tak_")
     curl = subprocess.run(
-        ["curl", "-sS", "--cacert", "ca.pem", "-H", f"authorization: Bearer {key}",
-         "-H", "content-type: application/json", "-d", '{"name": "r1"}',
-         f"{url}/rpc/inventory/get"], cwd=pki.dir, capture_output=True, text=True, timeout=30)
+        [
+            "curl",
+            "-sS",
+            "--cacert",
+            "ca.pem",
+            "-H",
+            f"authorization: Bearer {key}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"name": "r1"}',
+            f"{url}/rpc/inventory/get",
+        ],
+        cwd=pki.dir,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert json.loads(curl.stdout)["name"] == "r1", curl.stderr
     pin = tether_cli(["auth", "fingerprint", "server.pem"], env, pki.dir).stdout.strip()
     assert len(pin) == 64
@@ -110,55 +157,65 @@ def test_2_an_api_key(env: dict[str, str], pki: PKI, secure: SecureServer,
         assert bad.value.refused == "api_key"
 
 
-def test_3_a_client_certificate(env: dict[str, str], pki: PKI, secure: SecureServer,
-                                client: tether.Client) -> None:
+def test_3_a_client_certificate(
+    env: dict[str, str], pki: PKI, secure: SecureServer, client: tether.Client
+) -> None:
     url = secure.url
     from examples.inventory.service import Device, Inventory
 
     with client:
-        inventory = client.connect(url, cert=("robot.pem", "robot.key"),
-                                   ca="ca.pem").proxy(Inventory)
+        inventory = client.connect(url, cert=("robot.pem", "robot.key"), ca="ca.pem").proxy(
+            Inventory
+        )
         assert inventory.get("r1").name == "r1"
         device = inventory.get("r1").model_copy(update={"name": "r-new"})
         with pytest.raises(PermissionDenied):  # robot.example.org: inventory.read only
             inventory.add(Device.model_validate(device.model_dump()))
         with pytest.raises(AuthenticationFailed) as stranger:
-            client.connect(url, cert=("stranger.pem", "stranger.key"),
-                           ca="ca.pem").call("inventory.list")
+            client.connect(url, cert=("stranger.pem", "stranger.key"), ca="ca.pem").call(
+                "inventory.list"
+            )
         assert stranger.value.refused == "certificate"
         assert "stranger.example.org" in stranger.value.message
-    login = tether_cli(["login", url, "--cert", "robot.pem", "--key", "robot.key", "--ca",
-                        "ca.pem"], env, pki.dir)
+    login = tether_cli(
+        ["login", url, "--cert", "robot.pem", "--key", "robot.key", "--ca", "ca.pem"], env, pki.dir
+    )
     assert login.returncode == 0 and "robot.example.org" in login.stdout, login.stderr
     listed = tether_cli(["call", url, "inventory.list"], env, pki.dir)
     assert listed.returncode == 0 and json.loads(listed.stdout), listed.stderr
-    evil = tether_cli(["login", url, "--cert", "evil.pem", "--key", "evil.key", "--ca",
-                       "ca.pem"], env, pki.dir)
+    evil = tether_cli(
+        ["login", url, "--cert", "evil.pem", "--key", "evil.key", "--ca", "ca.pem"], env, pki.dir
+    )
     assert evil.returncode == 1 and "refused the client certificate" in evil.stderr
 
 
-def test_the_server_log_holds_no_secret(pki: PKI, tmp_path: Path, client_env: dict[str, str]
-                                        ) -> None:
+def test_the_server_log_holds_no_secret(
+    pki: PKI, tmp_path: Path, client_env: dict[str, str]
+) -> None:
     """A server of its own, driven through logins, refreshes and refusals, then read."""
     from tether.auth import CredentialStore, fast_hasher
 
     store = CredentialStore(tmp_path / "auth.db", hasher=fast_hasher())
     store.add_user("alice", "alice-secret-pw", ["inventory.read"])
     key = store.add_api_key("ci", ["inventory.read"])
-    server = TLSServer("examples.inventory.secure:app", pki, {
-        "TETHER_AUTH_STORE_PATH": str(tmp_path / "auth.db"),
-        "TETHER_STATE_DIR": str(tmp_path)}).start()
+    server = TLSServer(
+        "examples.inventory.secure:app",
+        pki,
+        {"TETHER_AUTH_STORE_PATH": str(tmp_path / "auth.db"), "TETHER_STATE_DIR": str(tmp_path)},
+    ).start()
     secrets = ["alice-secret-pw", "wrong-secret-pw", key]
     try:
-        settings = Settings(state_dir=tmp_path / "client", tls_ca_bundle=pki.ca,
-                            token_refresh_margin=1e9)  # renew before every call
+        settings = Settings(
+            state_dir=tmp_path / "client", tls_ca_bundle=pki.ca, token_refresh_margin=1e9
+        )  # renew before every call
         with tether.Client(settings=settings) as client:
             inventory = client.connect(server.url, username="alice", password=secrets[0])
             for _ in range(3):
                 inventory.call("inventory.list")
             with pytest.raises(AuthenticationFailed):
                 client.connect(server.url, username="alice", password=secrets[1]).call(
-                    "inventory.list")
+                    "inventory.list"
+                )
             client.connect(server.url, api_key=key).call("inventory.list")
             with pytest.raises(AuthenticationFailed):
                 client.connect(server.url, api_key=key + "x").call("inventory.list")
@@ -183,8 +240,9 @@ with tether.Client(settings=settings) as client:
 """
 
 
-def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: float = 60.0
-                    ) -> tuple[str, int]:
+def run_in_terminal(
+    argv: list[str], env: dict[str, str], answer: str, timeout: float = 60.0
+) -> tuple[str, int]:
     """Run ``argv`` on a pseudo-terminal, type ``answer`` at the password prompt."""
     import os
     import pty
@@ -214,16 +272,18 @@ def run_in_terminal(argv: list[str], env: dict[str, str], answer: str, timeout: 
     return output.decode(errors="replace"), os.waitstatus_to_exitcode(status)
 
 
-def test_the_password_is_asked_for_on_a_terminal(pki: PKI, secure: SecureServer,
-                                                 tmp_path: Path, client_env: dict[str, str]
-                                                 ) -> None:
+def test_the_password_is_asked_for_on_a_terminal(
+    pki: PKI, secure: SecureServer, tmp_path: Path, client_env: dict[str, str]
+) -> None:
     from tests.auth.conftest import ALICE_PASSWORD
 
     script = tmp_path / "prompted.py"
     script.write_text(PROMPTED)
     output, code = run_in_terminal(
         [sys.executable, str(script), str(tmp_path / "creds.json"), str(pki.ca), secure.url],
-        client_env, ALICE_PASSWORD)
+        client_env,
+        ALICE_PASSWORD,
+    )
     assert code == 0, output
     assert f"password for alice at {secure.url}:" in output
     assert "got r1" in output

@@ -12,7 +12,10 @@ from tests.fixtures.servers import ROOT, ServerProcess
 def tether_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tether.cli", *args],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
 
 
@@ -44,8 +47,9 @@ def test_call_with_json_values(inventory_server: ServerProcess) -> None:
 
 
 def test_call_with_msgpack(inventory_server: ServerProcess) -> None:
-    result = tether_cli("call", inventory_server.url, "inventory.get", "name=fw1",
-                        "--codec", "msgpack")
+    result = tether_cli(
+        "call", inventory_server.url, "inventory.get", "name=fw1", "--codec", "msgpack"
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["platform"] == "panos"
 

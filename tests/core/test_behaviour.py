@@ -103,9 +103,7 @@ def test_bad_arguments_are_invalid_argument_with_details(
     assert conn.call("behave.greet", name="ok") == "hello ok!"  # still serving
 
 
-def test_unknown_service_and_method_are_unimplemented(
-    conn: tether.Connection, kind: str
-) -> None:
+def test_unknown_service_and_method_are_unimplemented(conn: tether.Connection, kind: str) -> None:
     with pytest.raises(tether.RemoteError) as svc:
         conn.call("nope.greet")
     if kind == "relay":  # no instance subscribes to tether.rpc.nope: no responders

@@ -87,7 +87,7 @@ def test_unsupported_media_types(behaviour_server: ServerProcess) -> None:
     )
     assert status == 415
     assert json.loads(raw)["error"]["code"] == "invalid_argument"
-    status, body = post_json(
+    status, _ = post_json(
         behaviour_server, "/rpc/behave/greet", b'{"name": "x"}', accept="text/html"
     )
     assert status == 406
@@ -95,7 +95,10 @@ def test_unsupported_media_types(behaviour_server: ServerProcess) -> None:
 
 def test_accept_chooses_the_response_codec(behaviour_server: ServerProcess) -> None:
     status, headers, raw = request(
-        behaviour_server, "POST", "/rpc/behave/greet", b'{"name": "m"}',
+        behaviour_server,
+        "POST",
+        "/rpc/behave/greet",
+        b'{"name": "m"}',
         {"content-type": "application/json", "accept": "application/msgpack"},
     )
     assert status == 200
@@ -121,12 +124,16 @@ def test_deadline_header(behaviour_server: ServerProcess) -> None:
     )
     assert (status, body["error"]["code"]) == (504, "deadline_exceeded")
     status, body = post_json(
-        behaviour_server, "/rpc/behave/async_sleep", b'{"seconds": 5}',
+        behaviour_server,
+        "/rpc/behave/async_sleep",
+        b'{"seconds": 5}',
         **{"tether-timeout-ms": "200"},
     )
     assert (status, body["error"]["code"]) == (504, "deadline_exceeded")
     status, body = post_json(
-        behaviour_server, "/rpc/behave/greet", b'{"name": "x"}',
+        behaviour_server,
+        "/rpc/behave/greet",
+        b'{"name": "x"}',
         **{"tether-timeout-ms": "soon"},
     )
     assert (status, body["error"]["code"]) == (400, "invalid_argument")
@@ -140,15 +147,19 @@ def test_error_status_mapping_follows_connect(behaviour_server: ServerProcess) -
         ("crash", 500, "internal"),
         ("server_only", 400, "failed_precondition"),
     ]:
-        status, body = post_json(behaviour_server, "/rpc/behave/fail", json.dumps(
-            {"kind": kind}).encode())
+        status, body = post_json(
+            behaviour_server, "/rpc/behave/fail", json.dumps({"kind": kind}).encode()
+        )
         assert (status, body["error"]["code"]) == (status_code, code), kind
     assert body["error"]["type"] == "tests.ServerOnlyError"
 
 
 def test_request_id_is_echoed(behaviour_server: ServerProcess) -> None:
     _, headers, _ = request(
-        behaviour_server, "POST", "/rpc/behave/greet", b'{"name": "x"}',
+        behaviour_server,
+        "POST",
+        "/rpc/behave/greet",
+        b'{"name": "x"}',
         {"content-type": "application/json", "tether-request-id": "abc123"},
     )
     assert headers["tether-request-id"] == "abc123"
@@ -194,15 +205,26 @@ def test_health_endpoints(behaviour_server: ServerProcess) -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the curl program is not installed")
 def test_curl_gets_a_device(inventory_server: ServerProcess) -> None:
     out = subprocess.run(
-        ["curl", "-s", "-d", '{"name": "r1"}', "-H", "content-type: application/json",
-         f"{inventory_server.url}/rpc/inventory/get"],
-        capture_output=True, check=True, timeout=20,
+        [
+            "curl",
+            "-s",
+            "-d",
+            '{"name": "r1"}',
+            "-H",
+            "content-type: application/json",
+            f"{inventory_server.url}/rpc/inventory/get",
+        ],
+        capture_output=True,
+        check=True,
+        timeout=20,
     ).stdout
     device = json.loads(out)
     assert device["name"] == "r1" and device["platform"] == "iosxe"
     # curl's default form content type is read as JSON too.
     out = subprocess.run(
         ["curl", "-s", "-d", '{"name": "nope"}', f"{inventory_server.url}/rpc/inventory/get"],
-        capture_output=True, check=True, timeout=20,
+        capture_output=True,
+        check=True,
+        timeout=20,
     ).stdout
     assert json.loads(out)["error"]["type"] == "NotFound"

@@ -76,14 +76,17 @@ def test_retry_after_from_a_real_server(tmp_path: Path) -> None:
     ids=["seconds", "decimal", "date", "past-date", "nonsense", "negative"],
 )
 def test_retry_after_seconds_or_date(
-    scripted: Callable[[Handler], RawServer], header: bytes, low: float | None,
+    scripted: Callable[[Handler], RawServer],
+    header: bytes,
+    low: float | None,
     high: float | None,
 ) -> None:
     if header == b"IN-60-S":
         header = formatdate(time.time() + 60, usegmt=True).encode()
     answer = (
         b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\nretry-after: "
-        + header + b"\r\n\r\nno"
+        + header
+        + b"\r\n\r\nno"
     )
 
     def handle(conn: socket.socket, index: int) -> None:

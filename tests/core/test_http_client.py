@@ -188,7 +188,9 @@ def test_chunked_response_in_pieces(raw: Callable[[Handler], RawServer]) -> None
         server.read_request(conn)
         pieces = [
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n",
-            b"5\r\nhel", b"lo\r\n", b"6;ext=1\r\n world\r\n",
+            b"5\r\nhel",
+            b"lo\r\n",
+            b"6;ext=1\r\n world\r\n",
             b"0\r\nx-trailer: yes\r\n\r\n",
         ]
         for piece in pieces:
@@ -210,10 +212,13 @@ def test_chunked_response_in_pieces(raw: Callable[[Handler], RawServer]) -> None
 
 
 def test_connection_close_is_not_pooled(raw: Callable[[Handler], RawServer]) -> None:
-    server = serve(raw, keep_alive(
-        b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 2\r\n"
-        b"retry-after: 3\r\n\r\nno"
-    ))
+    server = serve(
+        raw,
+        keep_alive(
+            b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 2\r\n"
+            b"retry-after: 3\r\n\r\nno"
+        ),
+    )
     transport = SyncHTTPTransport(server.url)
     answer = transport.request("GET", "/", None, {}, 5)
     assert (answer.status, answer.body, answer.retry_after) == (503, b"no", 3.0)
@@ -223,10 +228,14 @@ def test_connection_close_is_not_pooled(raw: Callable[[Handler], RawServer]) -> 
 
 def test_retry_after_as_an_http_date(raw: Callable[[Handler], RawServer]) -> None:
     when = formatdate(time.time() + 60, usegmt=True).encode()
-    server = serve(raw, keep_alive(
-        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: " + when
-        + b"\r\n\r\n"
-    ))
+    server = serve(
+        raw,
+        keep_alive(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: "
+            + when
+            + b"\r\n\r\n"
+        ),
+    )
     transport = SyncHTTPTransport(server.url)
     answer = transport.request("GET", "/", None, {}, 5)
     assert answer.retry_after is not None and 55 <= answer.retry_after <= 60
@@ -249,10 +258,13 @@ def test_http10_body_runs_to_eof(raw: Callable[[Handler], RawServer]) -> None:
 
 
 def test_interim_responses_are_skipped(raw: Callable[[Handler], RawServer]) -> None:
-    server = serve(raw, keep_alive(
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
-        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-    ))
+    server = serve(
+        raw,
+        keep_alive(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        ),
+    )
     transport = SyncHTTPTransport(server.url)
     answer = transport.request("POST", "/", b"{}", {}, 5)
     assert (answer.status, answer.body) == (200, b"ok")
@@ -331,9 +343,7 @@ def test_a_drop_after_sending_is_retried_only_when_idempotent(
         b"",
     ],
 )
-def test_broken_answers_are_unavailable(
-    raw: Callable[[Handler], RawServer], answer: bytes
-) -> None:
+def test_broken_answers_are_unavailable(raw: Callable[[Handler], RawServer], answer: bytes) -> None:
     def handle(conn: socket.socket, index: int) -> None:
         server.read_request(conn)
         conn.sendall(answer)

@@ -34,7 +34,10 @@ def server() -> Iterator[ServerProcess]:
 
 
 def request(
-    server: ServerProcess, verb: str, path: str, body: bytes | None = None,
+    server: ServerProcess,
+    verb: str,
+    path: str,
+    body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One HTTP request: ``(status, headers with lower-case names, body)``."""
@@ -70,8 +73,9 @@ def scrape(server: ServerProcess) -> Samples:
 
 
 def calls(samples: Samples, service: str, method: str, code: str) -> float:
-    return samples.get(("tether_calls_total", _labels(code=code, method=method,
-                                                      service=service)), 0.0)
+    return samples.get(
+        ("tether_calls_total", _labels(code=code, method=method, service=service)), 0.0
+    )
 
 
 def _labels(**labels: str) -> Labels:
@@ -127,8 +131,10 @@ def test_calls_are_counted_by_status_code(server: ServerProcess) -> None:
     assert count - duration(before, "behave", "greet", "count") == 4
     assert duration(after, "behave", "greet", "bucket", "+Inf") == count
     assert 0 < duration(after, "behave", "greet", "sum") < count
-    assert duration(after, "behave", "fail", "count") - duration(
-        before, "behave", "fail", "count") == 4
+    assert (
+        duration(after, "behave", "fail", "count") - duration(before, "behave", "fail", "count")
+        == 4
+    )
     assert in_flight(after, "behave", "greet") == in_flight(after, "behave", "fail") == 0
 
 
@@ -136,12 +142,17 @@ def test_the_text_parses_with_the_expected_families(server: ServerProcess) -> No
     status, _, body = request(server, "GET", "/metrics")
     assert status == 200
     types, samples = parse(body.decode())
-    assert types == {"tether_calls": "counter", "tether_call_duration_seconds": "histogram",
-                     "tether_calls_in_flight": "gauge"}  # no job store, no job metrics
+    assert types == {
+        "tether_calls": "counter",
+        "tether_call_duration_seconds": "histogram",
+        "tether_calls_in_flight": "gauge",
+    }  # no job store, no job metrics
     assert "# TYPE tether_calls_total counter" in body.decode()
-    buckets = [(float(dict(labels)["le"]), value) for (name, labels), value in samples.items()
-               if name == "tether_call_duration_seconds_bucket"
-               and dict(labels)["method"] == "greet"]
+    buckets = [
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in samples.items()
+        if name == "tether_call_duration_seconds_bucket" and dict(labels)["method"] == "greet"
+    ]
     bounds = [b for b, _ in sorted(buckets)]
     assert bounds[0] == 0.0001 and bounds[-1] == float("inf")
     counts = [v for _, v in sorted(buckets)]
@@ -152,8 +163,7 @@ def test_running_calls_are_in_flight_then_timed(server: ServerProcess) -> None:
     before = scrape(server)
     with tether.Client(timeout=10) as client:
         conn = client.connect(server.url)
-        caller = threading.Thread(target=conn.call, args=("behave.sleep",),
-                                  kwargs={"seconds": 0.4})
+        caller = threading.Thread(target=conn.call, args=("behave.sleep",), kwargs={"seconds": 0.4})
         caller.start()
         deadline = time.monotonic() + 5
         while in_flight(scrape(server), "behave", "sleep") != 1:
@@ -165,12 +175,16 @@ def test_running_calls_are_in_flight_then_timed(server: ServerProcess) -> None:
     assert calls(after, "behave", "sleep", "ok") - calls(before, "behave", "sleep", "ok") == 1
 
     def added(le: str) -> float:
-        return (duration(after, "behave", "sleep", "bucket", le)
-                - duration(before, "behave", "sleep", "bucket", le))
+        return duration(after, "behave", "sleep", "bucket", le) - duration(
+            before, "behave", "sleep", "bucket", le
+        )
 
     assert added("0.25") == 0 and added("0.5") == 1  # 0.4 s lands in (0.25, 0.5]
-    assert 0.4 <= duration(after, "behave", "sleep", "sum") - duration(
-        before, "behave", "sleep", "sum") < 0.5
+    assert (
+        0.4
+        <= duration(after, "behave", "sleep", "sum") - duration(before, "behave", "sleep", "sum")
+        < 0.5
+    )
 
 
 def test_metrics_off_is_404_and_the_calls_still_work() -> None:
@@ -233,8 +247,11 @@ def test_jobs_are_counted_by_type_and_final_state(jobs_server: ServerProcess) ->
     url = jobs_server.url
 
     def submit(**extra: Any) -> str:
-        status, job = http("POST", f"{url}/jobs", {"type": "raw.echo", "queue": "metered",
-                                                   "parameters": {"reply": {}}, **extra})
+        status, job = http(
+            "POST",
+            f"{url}/jobs",
+            {"type": "raw.echo", "queue": "metered", "parameters": {"reply": {}}, **extra},
+        )
         assert status == 201, job
         return str(job["id"])
 
@@ -244,14 +261,23 @@ def test_jobs_are_counted_by_type_and_final_state(jobs_server: ServerProcess) ->
     submit()
     queued = submit()
     assert http("POST", f"{url}/jobs/{queued}/cancel")[1]["state"] == "cancelled"
-    status, claimed = http("POST", f"{url}/jobs/claim", {
-        "worker_id": "w", "queues": ["metered"], "limit": 3})
+    status, claimed = http(
+        "POST", f"{url}/jobs/claim", {"worker_id": "w", "queues": ["metered"], "limit": 3}
+    )
     assert status == 200 and len(claimed["jobs"]) == 3
     (a, ta), (b, tb), (c, tc) = [(j["id"], j["lease_token"]) for j in claimed["jobs"]]
-    assert http("POST", f"{url}/jobs/{a}/complete",
-                {"lease_token": ta, "result": {"answer": 1}})[0] == 200
-    assert http("POST", f"{url}/jobs/{b}/complete",  # an invalid result fails the job
-                {"lease_token": tb, "result": {"answer": "one"}})[0] == 422
+    assert (
+        http("POST", f"{url}/jobs/{a}/complete", {"lease_token": ta, "result": {"answer": 1}})[0]
+        == 200
+    )
+    assert (
+        http(
+            "POST",
+            f"{url}/jobs/{b}/complete",  # an invalid result fails the job
+            {"lease_token": tb, "result": {"answer": "one"}},
+        )[0]
+        == 422
+    )
     assert http("POST", f"{url}/jobs/{c}/fail", {"lease_token": tc, "error": {}})[0] == 200
 
     status, _, body = request(jobs_server, "GET", "/metrics")
@@ -260,5 +286,6 @@ def test_jobs_are_counted_by_type_and_final_state(jobs_server: ServerProcess) ->
     assert types["tether_jobs_submitted"] == types["tether_jobs_completed"] == "counter"
     assert samples[("tether_jobs_submitted_total", _labels(type="raw.echo"))] == 4
     for state, count in (("succeeded", 1), ("failed", 2), ("cancelled", 1)):
-        assert samples[("tether_jobs_completed_total",
-                        _labels(state=state, type="raw.echo"))] == count, state
+        assert (
+            samples[("tether_jobs_completed_total", _labels(state=state, type="raw.echo"))] == count
+        ), state

@@ -30,13 +30,24 @@ def start_instance(registry_url: str, tmp_path: Path) -> Iterator[Start]:
     """Start ``tether serve TARGET --registry URL --advertise ...``; all stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(target: str = "examples.inventory.app:app", port: int | None = None,
-              env: dict[str, str] | None = None, lease: str = LEASE) -> ServerProcess:
+    def start(
+        target: str = "examples.inventory.app:app",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        lease: str = LEASE,
+    ) -> ServerProcess:
         port = port or free_port()
         server = ServerProcess(
-            target, port=port,
-            args=["--registry", registry_url, "--advertise", f"http://127.0.0.1:{port}",
-                  "--lease", lease],
+            target,
+            port=port,
+            args=[
+                "--registry",
+                registry_url,
+                "--advertise",
+                f"http://127.0.0.1:{port}",
+                "--lease",
+                lease,
+            ],
             env={"TETHER_STATE_DIR": str(tmp_path), **(env or {})},
         ).start()
         started.append(server)

@@ -14,13 +14,17 @@ from tests.discovery.conftest import Start
 from tests.fixtures.servers import ROOT, ServerProcess
 
 
-def tether(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> (
-    subprocess.CompletedProcess[str]
-):
+def tether(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI with its output piped (so JSON, not tables)."""
     return subprocess.run(
-        [sys.executable, "-m", "tether.cli", *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        [sys.executable, "-m", "tether.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -63,7 +67,10 @@ def test_services_health_and_call_by_name(
 def test_services_watch_prints_changes(start_instance: Start, registry_url: str) -> None:
     watcher = subprocess.Popen(
         [sys.executable, "-m", "tether.cli", "services", "--watch", "--registry", registry_url],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
@@ -80,15 +87,24 @@ def test_services_watch_prints_changes(start_instance: Start, registry_url: str)
 
 
 def test_an_unusable_advertised_address_is_refused(registry_url: str) -> None:
-    wildcard = tether("serve", "examples.inventory.app:app", "--host", "0.0.0.0",
-                      "--registry", registry_url)
+    wildcard = tether(
+        "serve", "examples.inventory.app:app", "--host", "0.0.0.0", "--registry", registry_url
+    )
     assert wildcard.returncode == 2
     assert "--advertise" in wildcard.stderr
 
 
 def test_call_by_name_with_nothing_registered(registry_url: str) -> None:
-    result = tether("call", "inventory", "inventory.get", "name=r1", "--registry", registry_url,
-                    "--timeout", "2")
+    result = tether(
+        "call",
+        "inventory",
+        "inventory.get",
+        "name=r1",
+        "--registry",
+        registry_url,
+        "--timeout",
+        "2",
+    )
     assert result.returncode == 1
     assert "unavailable" in result.stderr and "no healthy instance" in result.stderr
 
@@ -103,9 +119,20 @@ def test_a_relay_only_instance_is_discovered(
         env={"TETHER_STATE_DIR": str(tmp_path)},
     )
     server.process = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", "serve", server.target, "--log-level", "warning",
-         *server.args],
-        cwd=ROOT, env=server.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "serve",
+            server.target,
+            "--log-level",
+            "warning",
+            *server.args,
+        ],
+        cwd=ROOT,
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         deadline = time.monotonic() + 20
@@ -118,8 +145,7 @@ def test_a_relay_only_instance_is_discovered(
             time.sleep(0.2)
         address = rows[0]["address"]
         assert address == f"{nats_url}#{rows[0]['instance_id']}"
-        called = tether("call", "inventory", "inventory.get", "name=r1",
-                        "--registry", registry_url)
+        called = tether("call", "inventory", "inventory.get", "name=r1", "--registry", registry_url)
         assert called.returncode == 0, called.stderr
         assert json.loads(called.stdout)["name"] == "r1"
     finally:

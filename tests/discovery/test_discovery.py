@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from examples.inventory.service import Inventory
 
 import tether
-from examples.inventory.service import Inventory
-from tether.client.discovery import SyncDiscoveredTransport
 from tests.apps.flaky import Slow
 from tests.discovery.conftest import Start
+from tether.client.discovery import SyncDiscoveredTransport
 
 
 def calls_by_instance(conn: tether.Connection) -> dict[str, int]:
@@ -42,8 +42,13 @@ def test_round_robin_spreads_calls_over_three_instances(
     with tether.Client(timeout=10) as client:
         conn = client.service("inventory", registry=registry_url)
         inventory = conn.proxy(Inventory)
-        wait_until(lambda: len(conn.transport.cache.records()) == 3  # type: ignore[attr-defined]
-                   if inventory.get("r1") else False)
+        wait_until(
+            lambda: (
+                len(conn.transport.cache.records()) == 3  # type: ignore[attr-defined]
+                if inventory.get("r1")
+                else False
+            )
+        )
         before = calls_by_instance(conn)
         for _ in range(30):
             assert inventory.get("r1").name == "r1"
@@ -90,17 +95,18 @@ def test_a_restarted_instance_is_used_again(start_instance: Start, registry_url:
     with tether.Client(timeout=10) as client:
         conn = client.service("inventory", registry=registry_url)
         inventory = conn.proxy(Inventory)
-        wait_until(lambda: inventory.get("r1") and len(
-            conn.transport.cache.records()) == 3)  # type: ignore[attr-defined]
+        wait_until(lambda: inventory.get("r1") and len(conn.transport.cache.records()) == 3)  # type: ignore[attr-defined]
         port = servers[0].port
         servers[0].kill()
         for _ in range(10):
             inventory.get("r1")
         restarted = start_instance(port=port)  # same address, new instance id
         new_id = _instance_id(restarted.url)
+
         def used() -> bool:
             inventory.get("r1")
             return calls_by_instance(conn).get(new_id, 0) > 0
+
         wait_until(used, timeout=15)
 
 
@@ -125,8 +131,9 @@ def test_a_failing_readiness_check_takes_an_instance_out_of_rotation(
         wait_until(lambda: slow.wait(0) == 0 and sick_id in calls_by_instance(conn))
         marker.touch()
         records = conn.transport.cache.records  # type: ignore[attr-defined]
-        wait_until(lambda: any(r.instance_id == sick_id and not r.is_healthy("slow")
-                               for r in records()))
+        wait_until(
+            lambda: any(r.instance_id == sick_id and not r.is_healthy("slow") for r in records())
+        )
         sick_record = next(r for r in records() if r.instance_id == sick_id)
         assert sick_record.is_healthy("steady")  # the failing check is not one it depends on
         before = calls_by_instance(conn)
@@ -136,9 +143,11 @@ def test_a_failing_readiness_check_takes_an_instance_out_of_rotation(
         assert after.get(sick_id, 0) == before.get(sick_id, 0)
         assert after[well_id] - before.get(well_id, 0) == 10
         marker.unlink()  # recovers: back in rotation
+
         def back() -> bool:
             slow.wait(0)
             return calls_by_instance(conn).get(sick_id, 0) > after.get(sick_id, 0)
+
         wait_until(back)
 
 

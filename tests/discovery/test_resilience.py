@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 import tether
+from tests.apps.replica import Replica
+from tests.fixtures.servers import ServerProcess, free_port
 from tether.client.discovery import AsyncDiscoveredTransport, SyncDiscoveredTransport
 from tether.client.retry import RetryBudget, RetryPolicy
 from tether.errors import StatusCode
 from tether.registry import InstanceRecord, open_registry
-from tests.apps.replica import Replica
-from tests.fixtures.servers import ServerProcess, free_port
 
 
 def register(registry_url: str, instances: dict[str, str]) -> None:
@@ -253,6 +253,7 @@ def test_connections_to_instances_that_went_away_are_closed(
         async def swap() -> None:
             async with open_registry(registry_url) as registry:
                 await registry.deregister("a")
+
         asyncio.run(swap())
         register(registry_url, {"b": replicas[1].url})
         deadline = time.monotonic() + 5

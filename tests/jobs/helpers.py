@@ -24,8 +24,16 @@ class WorkerProcess:
 
     def __init__(self, store_url: str, queue: str, log: Path, *args: str) -> None:
         self.command = [
-            sys.executable, "-m", "tether.cli", "worker", APP, "--queue", queue,
-            "--log-level", "info", *args,
+            sys.executable,
+            "-m",
+            "tether.cli",
+            "worker",
+            APP,
+            "--queue",
+            queue,
+            "--log-level",
+            "info",
+            *args,
         ]
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "TETHER_JOB_STORE_URL": store_url}
         self.log = log
@@ -64,9 +72,7 @@ class WorkerProcess:
             self.process.wait(10)
 
 
-def http(
-    method: str, url: str, body: Any = None, timeout: float = 30.0
-) -> tuple[int, Any]:
+def http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
     """One JSON request with urllib: ``(status, decoded body or None)``."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
@@ -102,8 +108,9 @@ def job_state(server: ServerProcess, job_id: str) -> dict[str, Any]:
 
 def submit(server: ServerProcess, type: str, parameters: dict[str, Any], **extra: Any) -> str:
     """Submit a job over HTTP; return its id."""
-    status, job = http("POST", f"{server.url}/jobs", {"type": type, "parameters": parameters,
-                                                     **extra})
+    status, job = http(
+        "POST", f"{server.url}/jobs", {"type": type, "parameters": parameters, **extra}
+    )
     assert status == 201, job
     return str(job["id"])
 

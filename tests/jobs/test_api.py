@@ -14,23 +14,36 @@ def test_invalid_parameters_are_rejected_with_422_and_not_stored(
     jobs_server: ServerProcess, queue: str
 ) -> None:
     url = jobs_server.url
-    status, body = http("POST", f"{url}/jobs", {
-        "type": "work", "parameters": {"seconds": "long", "fail_times": 1}, "queue": queue,
-    })
+    status, body = http(
+        "POST",
+        f"{url}/jobs",
+        {
+            "type": "work",
+            "parameters": {"seconds": "long", "fail_times": 1},
+            "queue": queue,
+        },
+    )
     assert status == 422
     assert body["error"]["code"] == "invalid_argument"
     assert body["error"]["type"] == "JobValidationError"
     assert [e["loc"] for e in body["error"]["details"]] == [["seconds"]]
     # A raw JSON Schema job type: checked with jsonschema (Draft 2020-12).
-    status, body = http("POST", f"{url}/jobs", {
-        "type": "raw.echo", "parameters": {"reply": 5}, "queue": queue,
-    })
+    status, body = http(
+        "POST",
+        f"{url}/jobs",
+        {
+            "type": "raw.echo",
+            "parameters": {"reply": 5},
+            "queue": queue,
+        },
+    )
     assert status == 422
     assert body["error"]["details"] == [
         {"loc": ["reply"], "msg": "5 is not of type 'object'", "type": "type"}
     ]
-    status, body = http("POST", f"{url}/jobs", {"type": "raw.echo", "parameters": {},
-                                                "queue": queue})
+    status, body = http(
+        "POST", f"{url}/jobs", {"type": "raw.echo", "parameters": {}, "queue": queue}
+    )
     assert status == 422 and body["error"]["details"][0]["type"] == "required"
     status, body = http("POST", f"{url}/jobs", {"type": "nope", "parameters": {}})
     assert status == 404 and body["error"]["code"] == "not_found"
@@ -43,17 +56,26 @@ def test_invalid_parameters_are_rejected_with_422_and_not_stored(
 
 def test_validate_checks_without_submitting(jobs_server: ServerProcess, queue: str) -> None:
     url = jobs_server.url
-    status, body = http("POST", f"{url}/jobs/types/raw.echo/validate",
-                        {"parameters": {"reply": {}}, "result": {"answer": 1}})
+    status, body = http(
+        "POST",
+        f"{url}/jobs/types/raw.echo/validate",
+        {"parameters": {"reply": {}}, "result": {"answer": 1}},
+    )
     assert status == 200 and body == {"valid": True, "errors": []}
-    status, body = http("POST", f"{url}/jobs/types/raw.echo/validate",
-                        {"parameters": {"reply": []}, "result": {"answer": "x", "more": 1}})
+    status, body = http(
+        "POST",
+        f"{url}/jobs/types/raw.echo/validate",
+        {"parameters": {"reply": []}, "result": {"answer": "x", "more": 1}},
+    )
     assert status == 200 and body["valid"] is False
     assert sorted(tuple(e["loc"]) for e in body["errors"]) == [
-        ("parameters", "reply"), ("result",), ("result", "answer"),
+        ("parameters", "reply"),
+        ("result",),
+        ("result", "answer"),
     ]
-    status, body = http("POST", f"{url}/jobs/types/work/validate", {"parameters": {"seconds": -1,
-                                                                                   "x": 1}})
+    status, body = http(
+        "POST", f"{url}/jobs/types/work/validate", {"parameters": {"seconds": -1, "x": 1}}
+    )
     assert status == 200 and body["valid"] is True  # typed: extra keys ignored, as pydantic does
     status, page = http("GET", f"{url}/jobs?queue={queue}")
     assert page["jobs"] == []
@@ -74,8 +96,7 @@ def test_claim_answers_204_after_its_long_poll_and_wakes_on_submit(
     assert status == 204 and body is None
     assert 0.9 <= waited < 3.0
     # A submission during the long poll ends it with the job.
-    threading.Timer(0.5, submit, (jobs_server, "raw.echo", {"reply": {}}),
-                    {"queue": queue}).start()
+    threading.Timer(0.5, submit, (jobs_server, "raw.echo", {"reply": {}}), {"queue": queue}).start()
     started = time.monotonic()
     status, body = http("POST", f"{url}/jobs/claim", {**claim, "wait": 20})
     assert status == 200, body
@@ -97,8 +118,9 @@ def test_wait_is_a_long_poll(jobs_server: ServerProcess, queue: str) -> None:
         _, claimed = http("POST", f"{url}/jobs/claim", {"worker_id": "t", "queues": [queue]})
         token = claimed["jobs"][0]["lease_token"]
         time.sleep(0.5)
-        http("POST", f"{url}/jobs/{job_id}/complete", {"lease_token": token,
-                                                       "result": {"answer": 7}})
+        http(
+            "POST", f"{url}/jobs/{job_id}/complete", {"lease_token": token, "result": {"answer": 7}}
+        )
 
     threading.Thread(target=finish).start()
     started = time.monotonic()
@@ -115,34 +137,56 @@ def test_an_http_only_worker_written_with_urllib_completes_jobs(
 ) -> None:
     """What a worker in any language does: claim, heartbeat, complete."""
     url = jobs_server.url
-    ids = [submit(jobs_server, "raw.echo", {"reply": {"answer": n}}, queue=queue)
-           for n in range(5)]
+    ids = [submit(jobs_server, "raw.echo", {"reply": {"answer": n}}, queue=queue) for n in range(5)]
     done: list[str] = []
     while True:
-        status, body = http("POST", f"{url}/jobs/claim", {
-            "worker_id": "urllib-worker", "queues": [queue], "limit": 2,
-            "lease_seconds": 10, "wait": 0.5,
-        })
+        status, body = http(
+            "POST",
+            f"{url}/jobs/claim",
+            {
+                "worker_id": "urllib-worker",
+                "queues": [queue],
+                "limit": 2,
+                "lease_seconds": 10,
+                "wait": 0.5,
+            },
+        )
         if status == 204:
             break
         assert status == 200, body
         for job in body["jobs"]:
             token = job["lease_token"]
-            status, beat = http("POST", f"{url}/jobs/{job['id']}/heartbeat", {
-                "lease_token": token, "lease_seconds": 10, "progress": 0.5,
-                "message": "halfway",
-            })
+            status, beat = http(
+                "POST",
+                f"{url}/jobs/{job['id']}/heartbeat",
+                {
+                    "lease_token": token,
+                    "lease_seconds": 10,
+                    "progress": 0.5,
+                    "message": "halfway",
+                },
+            )
             assert status == 200 and beat == {"cancel_requested": False}
             assert job_state(jobs_server, job["id"])["progress_message"] == "halfway"
-            status, finished = http("POST", f"{url}/jobs/{job['id']}/complete", {
-                "lease_token": token, "result": job["parameters"]["reply"],
-            })
+            status, finished = http(
+                "POST",
+                f"{url}/jobs/{job['id']}/complete",
+                {
+                    "lease_token": token,
+                    "result": job["parameters"]["reply"],
+                },
+            )
             assert status == 200 and finished["state"] == "succeeded", finished
             done.append(job["id"])
             # The lease ended with the job: using it again is a conflict.
-            status, body = http("POST", f"{url}/jobs/{job['id']}/complete", {
-                "lease_token": token, "result": {"answer": 0},
-            })
+            status, body = http(
+                "POST",
+                f"{url}/jobs/{job['id']}/complete",
+                {
+                    "lease_token": token,
+                    "result": {"answer": 0},
+                },
+            )
             assert status == 409 and body["error"]["code"] == "aborted"
     assert sorted(done) == sorted(ids)
     results = [job_state(jobs_server, i)["result"] for i in ids]
@@ -152,17 +196,24 @@ def test_an_http_only_worker_written_with_urllib_completes_jobs(
 def test_lost_lease_is_a_409(jobs_server: ServerProcess, queue: str) -> None:
     url = jobs_server.url
     job_id = submit(jobs_server, "raw.echo", {"reply": {}}, queue=queue)
-    status, body = http("POST", f"{url}/jobs/claim", {"worker_id": "w", "queues": [queue],
-                                                      "lease_seconds": 0.5})
+    status, body = http(
+        "POST", f"{url}/jobs/claim", {"worker_id": "w", "queues": [queue], "lease_seconds": 0.5}
+    )
     token = body["jobs"][0]["lease_token"]
-    for action, extra in (("heartbeat", {}), ("complete", {"result": {"answer": 1}}),
-                          ("fail", {"error": {"code": "x"}}), ("release", {})):
-        status, body = http("POST", f"{url}/jobs/{job_id}/{action}",
-                            {"lease_token": "not-the-token", **extra})
+    for action, extra in (
+        ("heartbeat", {}),
+        ("complete", {"result": {"answer": 1}}),
+        ("fail", {"error": {"code": "x"}}),
+        ("release", {}),
+    ):
+        status, body = http(
+            "POST", f"{url}/jobs/{job_id}/{action}", {"lease_token": "not-the-token", **extra}
+        )
         assert status == 409 and body["error"]["code"] == "aborted", (action, body)
     time.sleep(0.7)  # the lease ends
-    status, body = http("POST", f"{url}/jobs/{job_id}/complete",
-                        {"lease_token": token, "result": {"answer": 1}})
+    status, body = http(
+        "POST", f"{url}/jobs/{job_id}/complete", {"lease_token": token, "result": {"answer": 1}}
+    )
     assert status == 409 and "lease" in body["error"]["message"]
 
 
@@ -173,8 +224,11 @@ def test_an_invalid_result_fails_the_job_with_processing_error(
     job_id = submit(jobs_server, "raw.echo", {"reply": {}}, queue=queue)
     _, body = http("POST", f"{url}/jobs/claim", {"worker_id": "w", "queues": [queue]})
     token = body["jobs"][0]["lease_token"]
-    status, body = http("POST", f"{url}/jobs/{job_id}/complete",
-                        {"lease_token": token, "result": {"answer": "forty-two"}})
+    status, body = http(
+        "POST",
+        f"{url}/jobs/{job_id}/complete",
+        {"lease_token": token, "result": {"answer": "forty-two"}},
+    )
     assert status == 422, body
     assert body["error"]["type"] == "InvalidResult"
     assert body["error"]["details"]["job"]["state"] == "failed"
@@ -186,21 +240,23 @@ def test_an_invalid_result_fails_the_job_with_processing_error(
     ]
 
 
-def test_idempotency_list_filters_cursor_and_cancel(
-    jobs_server: ServerProcess, queue: str
-) -> None:
+def test_idempotency_list_filters_cursor_and_cancel(jobs_server: ServerProcess, queue: str) -> None:
     url = jobs_server.url
     first = submit(jobs_server, "work", {"seconds": 1}, queue=queue, idempotency_key=queue)
     again = submit(jobs_server, "work", {"seconds": 1}, queue=queue, idempotency_key=queue)
     assert again == first
-    status, body = http("POST", f"{url}/jobs", {"type": "work", "parameters": {"seconds": 2},
-                                                "queue": queue, "idempotency_key": queue})
+    status, body = http(
+        "POST",
+        f"{url}/jobs",
+        {"type": "work", "parameters": {"seconds": 2}, "queue": queue, "idempotency_key": queue},
+    )
     assert status == 409 and body["error"]["code"] == "already_exists"
     others = [submit(jobs_server, "raw.echo", {"reply": {}}, queue=queue) for _ in range(3)]
     status, page = http("GET", f"{url}/jobs?queue={queue}&type=raw.echo&limit=2")
     assert [j["id"] for j in page["jobs"]] == others[::-1][:2] and page["next_cursor"]
-    status, rest = http("GET", f"{url}/jobs?queue={queue}&type=raw.echo&limit=2"
-                               f"&cursor={page['next_cursor']}")
+    status, rest = http(
+        "GET", f"{url}/jobs?queue={queue}&type=raw.echo&limit=2&cursor={page['next_cursor']}"
+    )
     assert [j["id"] for j in rest["jobs"]] == others[:1] and rest["next_cursor"] is None
     status, cancelled = http("POST", f"{url}/jobs/{first}/cancel")
     assert status == 200 and cancelled["state"] == "cancelled"
@@ -221,8 +277,9 @@ def _delayed(job: dict[str, Any]) -> bool:
 def test_delayed_submission(jobs_server: ServerProcess, queue: str) -> None:
     job_id = submit(jobs_server, "raw.echo", {"reply": {}}, queue=queue, delay=30)
     assert _delayed(job_state(jobs_server, job_id))
-    status, _ = http("POST", f"{jobs_server.url}/jobs/claim",
-                     {"worker_id": "w", "queues": [queue], "wait": 0})
+    status, _ = http(
+        "POST", f"{jobs_server.url}/jobs/claim", {"worker_id": "w", "queues": [queue], "wait": 0}
+    )
     assert status == 204  # not due yet
 
 

@@ -21,8 +21,7 @@ TETHER = [sys.executable, "-m", "tether.cli"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TETHER, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=60)
+    return subprocess.run([*TETHER, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
 
 
 def test_submit_from_the_cli_python_and_curl(
@@ -31,8 +30,18 @@ def test_submit_from_the_cli_python_and_curl(
     url = jobs_server.url
     start_worker("--concurrency", "2")
     # The CLI, waiting with --wait: prints the validated result.
-    done = cli("jobs", "submit", url, "work", "--json", '{"seconds": 0.3}', "seconds:=0.2",
-               "--queue", queue, "--wait")
+    done = cli(
+        "jobs",
+        "submit",
+        url,
+        "work",
+        "--json",
+        '{"seconds": 0.3}',
+        "seconds:=0.2",
+        "--queue",
+        queue,
+        "--wait",
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"slept": 0.2, "attempt": 1}
     # Python.
@@ -62,11 +71,19 @@ def test_submit_from_the_cli_python_and_curl(
     # curl (urllib when curl is missing): submit, then a long poll for the result.
     body = json.dumps({"type": "work", "parameters": {"seconds": 0.1}, "queue": queue})
     if shutil.which("curl"):
-        made = subprocess.run(["curl", "-sf", "-d", body, "-H", "content-type: application/json",
-                               f"{url}/jobs"], capture_output=True, text=True, timeout=30)
+        made = subprocess.run(
+            ["curl", "-sf", "-d", body, "-H", "content-type: application/json", f"{url}/jobs"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         job_id = json.loads(made.stdout)["id"]
-        waited = subprocess.run(["curl", "-sf", f"{url}/jobs/{job_id}/wait?timeout=30"],
-                                capture_output=True, text=True, timeout=60)
+        waited = subprocess.run(
+            ["curl", "-sf", f"{url}/jobs/{job_id}/wait?timeout=30"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         job = json.loads(waited.stdout)
     else:
         _, made_job = http("POST", f"{url}/jobs", json.loads(body))

@@ -59,8 +59,13 @@ def test_descriptions_and_openapi_list_the_job_types() -> None:
     assert schemas["job.work.parameters"]["properties"]["seconds"]["type"] == "number"
     submit = document["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]
     assert submit["schema"]["discriminator"]["mapping"]["nap"].endswith("job.nap.submit")
-    for path in ("/jobs/claim", "/jobs/{id}/heartbeat", "/jobs/{id}/complete",
-                 "/jobs/{id}/wait", "/jobs/types/work/validate"):
+    for path in (
+        "/jobs/claim",
+        "/jobs/{id}/heartbeat",
+        "/jobs/{id}/complete",
+        "/jobs/{id}/wait",
+        "/jobs/types/work/validate",
+    ):
         assert path in document["paths"]
 
 

@@ -19,14 +19,17 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 def finished(server: ServerProcess, job_id: str, timeout: float) -> dict[str, Any]:
     """Wait for the job to reach a terminal state; return it."""
     job: dict[str, Any] = wait_for(
-        lambda: (j := job_state(server, job_id))["state"] in TERMINAL and j, timeout,
+        lambda: (j := job_state(server, job_id))["state"] in TERMINAL and j,
+        timeout,
         f"job {job_id} to finish",
     )
     return job
 
 
 def test_a_job_of_a_killed_worker_runs_again_after_its_lease_and_succeeds_once(
-    jobs_server: ServerProcess, queue: str, marker: Path,
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     job_id = submit(jobs_server, "work", {"seconds": 2.0, "marker": str(marker)}, queue=queue)
@@ -41,14 +44,17 @@ def test_a_job_of_a_killed_worker_runs_again_after_its_lease_and_succeeds_once(
     assert job["state"] == "succeeded", job
     assert job["attempts"] == 2 and job["result"] == {"slept": 2.0, "attempt": 2}
     assert sorted(p.name for p in marker.glob("*.start")) == [
-        f"{job_id}.1.start", f"{job_id}.2.start",
+        f"{job_id}.1.start",
+        f"{job_id}.2.start",
     ]
     assert [p.name for p in marker.glob("*.end")] == [f"{job_id}.2.end"]  # succeeded once
     assert not list(marker.glob("*.OVERLAP"))
 
 
 def test_two_workers_never_run_the_same_job_at_the_same_time(
-    jobs_server: ServerProcess, queue: str, marker: Path,
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     # One worker on the store, one over the HTTP API.
@@ -58,8 +64,10 @@ def test_two_workers_never_run_the_same_job_at_the_same_time(
     ]
     for worker in workers:
         worker.started()
-    ids = [submit(jobs_server, "work", {"seconds": 0.3, "marker": str(marker)}, queue=queue)
-           for _ in range(18)]
+    ids = [
+        submit(jobs_server, "work", {"seconds": 0.3, "marker": str(marker)}, queue=queue)
+        for _ in range(18)
+    ]
     jobs = [finished(jobs_server, job_id, 40) for job_id in ids]
     assert {j["state"] for j in jobs} == {"succeeded"}
     assert {j["attempts"] for j in jobs} == {1}
@@ -70,7 +78,9 @@ def test_two_workers_never_run_the_same_job_at_the_same_time(
 
 
 def test_cancellation_reaches_a_running_job(
-    jobs_server: ServerProcess, queue: str, marker: Path,
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     job_id = submit(jobs_server, "work", {"seconds": 60, "marker": str(marker)}, queue=queue)
@@ -89,13 +99,17 @@ def test_cancellation_reaches_a_running_job(
 
 
 def test_sigterm_finishes_or_hands_back_the_jobs_in_flight(
-    jobs_server: ServerProcess, queue: str, marker: Path,
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     worker = start_worker("--concurrency", "3", "--lease", "5", "--grace", "1.0").started()
     short = submit(jobs_server, "work", {"seconds": 0.5, "marker": str(marker)}, queue=queue)
-    long = [submit(jobs_server, "work", {"seconds": 4, "marker": str(marker)}, queue=queue)
-            for _ in range(2)]
+    long = [
+        submit(jobs_server, "work", {"seconds": 4, "marker": str(marker)}, queue=queue)
+        for _ in range(2)
+    ]
     for job_id in [short, *long]:
         wait_for(lambda j=job_id: (marker / f"{j}.1.start").exists(), 20, "the runs")
     stopped = time.monotonic()
@@ -116,7 +130,9 @@ def test_sigterm_finishes_or_hands_back_the_jobs_in_flight(
 
 
 def test_a_result_that_breaks_the_schema_fails_the_job_with_processing_error(
-    jobs_server: ServerProcess, queue: str, start_worker: Callable[..., WorkerProcess],
+    jobs_server: ServerProcess,
+    queue: str,
+    start_worker: Callable[..., WorkerProcess],
 ) -> None:
     bad = submit(jobs_server, "work", {"bad_result": True}, queue=queue)
     raw = submit(jobs_server, "raw.echo", {"reply": {"answer": 1, "extra": True}}, queue=queue)

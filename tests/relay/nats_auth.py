@@ -26,8 +26,11 @@ def _b64(data: bytes) -> str:
 
 def _jwt(issuer: nkeys.KeyPair, subject: str, name: str, claims: dict[str, Any]) -> str:
     body: dict[str, Any] = {
-        "iat": int(time.time()), "iss": issuer.public_key.decode(), "name": name,
-        "sub": subject, "nats": {**claims, "version": 2},
+        "iat": int(time.time()),
+        "iss": issuer.public_key.decode(),
+        "name": name,
+        "sub": subject,
+        "nats": {**claims, "version": 2},
     }
     body["jti"] = base64.b32encode(hashlib.sha256(json.dumps(body).encode()).digest()).decode()
     signing = _b64(b'{"typ":"JWT","alg":"ed25519-nkey"}') + "." + _b64(json.dumps(body).encode())
@@ -43,14 +46,39 @@ def operator_setup(folder: Path) -> tuple[str, Path]:
     _, account, account_public = keypair(nkeys.PREFIX_BYTE_ACCOUNT)
     user_seed, _, user_public = keypair(nkeys.PREFIX_BYTE_USER)
     operator_jwt = _jwt(operator, operator_public, "operator", {"type": "operator"})
-    unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
-                 "wildcards": True, "conn": -1, "leaf": -1}
-    account_jwt = _jwt(operator, account_public, "tether", {
-        "type": "account", "limits": unlimited, "default_permissions": {"pub": {}, "sub": {}},
-    })
-    user_jwt = _jwt(account, user_public, "svc", {
-        "type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
-    })
+    unlimited = {
+        "subs": -1,
+        "data": -1,
+        "payload": -1,
+        "imports": -1,
+        "exports": -1,
+        "wildcards": True,
+        "conn": -1,
+        "leaf": -1,
+    }
+    account_jwt = _jwt(
+        operator,
+        account_public,
+        "tether",
+        {
+            "type": "account",
+            "limits": unlimited,
+            "default_permissions": {"pub": {}, "sub": {}},
+        },
+    )
+    user_jwt = _jwt(
+        account,
+        user_public,
+        "svc",
+        {
+            "type": "user",
+            "pub": {},
+            "sub": {},
+            "subs": -1,
+            "data": -1,
+            "payload": -1,
+        },
+    )
     creds = folder / "user.creds"
     creds.write_text(
         f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"

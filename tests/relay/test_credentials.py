@@ -24,8 +24,12 @@ Start = Callable[..., ConfiguredNats]
 
 
 def serve_and_call(
-    run_async: RunAsync[Any], url: str, server_side: NatsCredentials, client_side: NatsCredentials,
-    *, client_url: str | None = None,
+    run_async: RunAsync[Any],
+    url: str,
+    server_side: NatsCredentials,
+    client_side: NatsCredentials,
+    *,
+    client_url: str | None = None,
 ) -> int:
     """Serve the relayed App with ``server_side`` credentials, call it with ``client_side``."""
     relay = RelayServer(relayed_app, url, credentials=server_side, settings=Settings())
@@ -53,12 +57,15 @@ def test_user_and_password(configured_nats: Start, run_async: RunAsync[Any]) -> 
     good = NatsCredentials(user="svc", password="s3cret")
     assert serve_and_call(run_async, server.url, good, good) == 11
     url_with_login = f"nats://svc:s3cret@{server.host}:{server.port}"
-    assert serve_and_call(run_async, server.url, good, NatsCredentials(),
-                          client_url=url_with_login) == 11
+    assert (
+        serve_and_call(run_async, server.url, good, NatsCredentials(), client_url=url_with_login)
+        == 11
+    )
     assert_rejected(server.url, NatsCredentials(user="svc", password="wrong"))
     assert_rejected(server.url, NatsCredentials())
-    relay = RelayServer(relayed_app, server.url, settings=Settings(nats_user="svc",
-                                                                    nats_password="nope"))
+    relay = RelayServer(
+        relayed_app, server.url, settings=Settings(nats_user="svc", nats_password="nope")
+    )
     with pytest.raises(tether.TetherError, match="rejected the credentials"):
         run_async(relay.start())
 
@@ -76,9 +83,7 @@ def test_token_from_settings(configured_nats: Start, run_async: RunAsync[Any]) -
     assert_rejected(server.url, NatsCredentials(token="tok-999"))
 
 
-def test_nkey_seed_file(
-    configured_nats: Start, run_async: RunAsync[Any], tmp_path: Path
-) -> None:
+def test_nkey_seed_file(configured_nats: Start, run_async: RunAsync[Any], tmp_path: Path) -> None:
     seed, _, public = keypair(nkeys.PREFIX_BYTE_USER)
     server = configured_nats(config=f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
     seed_file = tmp_path / "user.nk"
@@ -90,8 +95,9 @@ def test_nkey_seed_file(
     assert_rejected(server.url, NatsCredentials(nkey_seed_file=other))
     with tether.Client(timeout=5, settings=Settings()) as client:
         with pytest.raises(ValueError, match="does not exist"):
-            client.relay(server.url, credentials=NatsCredentials(
-                nkey_seed_file=tmp_path / "missing.nk")).call("whoami.echo", n=1)
+            client.relay(
+                server.url, credentials=NatsCredentials(nkey_seed_file=tmp_path / "missing.nk")
+            ).call("whoami.echo", n=1)
 
 
 def test_creds_file(configured_nats: Start, run_async: RunAsync[Any], tmp_path: Path) -> None:
@@ -136,6 +142,7 @@ def test_nats_credentials_are_exported_without_importing_nats_py_eagerly() -> No
         "assert NatsCredentials.__module__ == 'tether.transports.nats_connect'\n"
         "assert 'nats' in sys.modules\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr

@@ -59,7 +59,9 @@ def test_no_responders_is_unavailable(pair: list[RelayProcess], client: tether.C
 
 
 def test_refused_connection_is_unavailable(client: tether.Client) -> None:
-    with pytest.raises(tether.Unavailable, match=r"cannot connect to NATS at nats://127\.0\.0\.1:9"):
+    with pytest.raises(
+        tether.Unavailable, match=r"cannot connect to NATS at nats://127\.0\.0\.1:9"
+    ):
         client.relay("nats://127.0.0.1:9").call("whoami.instance")
     with pytest.raises(ValueError, match="not a NATS URL"):
         client.relay("http://127.0.0.1:9").call("whoami.instance")

@@ -26,7 +26,7 @@ def key_id_of(key: str) -> str | None:
     """The id part of a key, or None when ``key`` does not look like an API key."""
     if not key.startswith(PREFIX):
         return None
-    key_id, sep, secret = key[len(PREFIX):].partition("_")
+    key_id, sep, secret = key[len(PREFIX) :].partition("_")
     if not sep or len(key_id) != 12 or not secret:
         return None
     return key_id

@@ -67,8 +67,9 @@ class Authenticator:
         self._providers = {p.issuer: p for p in config.oidc}
         self._open = OPEN_PATHS | frozenset(config.open_paths)
         self._named_scopes = {k: frozenset(v) for k, v in config.scopes.items()}
-        self._route_scopes = [(p.rstrip("/") or "/", frozenset(v))
-                              for p, v in config.route_scopes.items()]
+        self._route_scopes = [
+            (p.rstrip("/") or "/", frozenset(v)) for p, v in config.route_scopes.items()
+        ]
 
     def __repr__(self) -> str:
         return f"<Authenticator iss={self.config.issuer!r} aud={self.config.audience!r}>"
@@ -94,8 +95,12 @@ class Authenticator:
             c = self.config
             self._tokens = TokenIssuer(
                 c.signing_key if c.signing_key is not None else self.store.signing_key(),
-                issuer=c.issuer, audience=c.audience, algorithm=c.algorithm,
-                verify_key=c.verify_key, ttl=c.access_ttl, leeway=c.leeway,
+                issuer=c.issuer,
+                audience=c.audience,
+                algorithm=c.algorithm,
+                verify_key=c.verify_key,
+                ttl=c.access_ttl,
+                leeway=c.leeway,
             )
         return self._tokens
 
@@ -134,19 +139,28 @@ class Authenticator:
                 return self._bearer(value)
             raise AuthenticationFailed(
                 f"the authorization scheme {scheme!r} is not supported here; send "
-                "'Bearer <token>' or 'ApiKey <key>'", refused="credentials")
+                "'Bearer <token>' or 'ApiKey <key>'",
+                refused="credentials",
+            )
         if peer_cert is not None and self.config.certificates is not None:
             return self.config.certificates.identity(peer_cert)
         raise AuthenticationFailed(
             "authentication required: send 'authorization: Bearer <token>' (log in at "
-            "/auth/login), an API key, or a client certificate", refused="credentials")
+            "/auth/login), an API key, or a client certificate",
+            refused="credentials",
+        )
 
     def _api_key(self, key: str) -> Identity:
         if not self.config.api_keys:
             raise AuthenticationFailed("API keys are not accepted here", refused="api_key")
         record = self.store.check_api_key(key)
-        return Identity(record.subject, record.scopes, "api_key", record.expires_at,
-                        claims={"key_id": record.key_id})
+        return Identity(
+            record.subject,
+            record.scopes,
+            "api_key",
+            record.expires_at,
+            claims={"key_id": record.key_id},
+        )
 
     def _bearer(self, token: str) -> Identity:
         issuer = unverified_issuer(token)
@@ -155,8 +169,7 @@ class Authenticator:
             return provider.verify(token)
         identity = self.tokens.verify(token)
         if identity.session is not None and self._session_revoked(identity.session):
-            raise AuthenticationFailed("the access token's session was logged out",
-                                       refused="token")
+            raise AuthenticationFailed("the access token's session was logged out", refused="token")
         return identity
 
     def _session_revoked(self, family: str) -> bool:
@@ -195,8 +208,9 @@ class Authenticator:
         found = self._required.get(key)
         if found is None:
             named = self._named_scopes
-            found = spec.scopes.union(named.get(spec.service, ()),
-                                      named.get(spec.qualified_name, ()))
+            found = spec.scopes.union(
+                named.get(spec.service, ()), named.get(spec.qualified_name, ())
+            )
             self._required[key] = found
         return found
 
@@ -220,7 +234,9 @@ class Authenticator:
             missing = identity.missing(required)
             raise PermissionDenied(
                 f"{spec.qualified_name} requires the scope(s) {', '.join(missing)}, "
-                f"which {identity.subject!r} does not hold", {"missing": missing})
+                f"which {identity.subject!r} does not hold",
+                {"missing": missing},
+            )
 
     def check(self, identity: Identity, name: str, extra: Iterable[str] = ()) -> None:
         """Check the scopes ``AuthConfig.scopes[name]`` (plus ``extra``) for any action,
@@ -234,12 +250,13 @@ class Authenticator:
         if missing:
             raise PermissionDenied(
                 f"{name} requires the scope(s) {', '.join(missing)}, which "
-                f"{identity.subject!r} does not hold", {"missing": missing})
+                f"{identity.subject!r} does not hold",
+                {"missing": missing},
+            )
 
     # -- the HTTP gate -------------------------------------------------------------
 
-    def admit(self, scope: MutableMapping[str, Any], path: str, verb: str
-              ) -> TetherError | None:
+    def admit(self, scope: MutableMapping[str, Any], path: str, verb: str) -> TetherError | None:
         """Authenticate an HTTP request before the App routes it.
 
         Open paths pass. Any other request needs an identity (from the
@@ -276,7 +293,9 @@ class Authenticator:
                 missing = identity.missing(required)
                 return PermissionDenied(
                     f"{verb} {path} requires the scope(s) {', '.join(missing)}, which "
-                    f"{identity.subject!r} does not hold", {"missing": missing})
+                    f"{identity.subject!r} does not hold",
+                    {"missing": missing},
+                )
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -286,8 +305,7 @@ class Authenticator:
 
     # -- logins and sessions ---------------------------------------------------------
 
-    def login(self, username: str, password: str, address: str | None = None
-              ) -> dict[str, Any]:
+    def login(self, username: str, password: str, address: str | None = None) -> dict[str, Any]:
         """Check a user's password and open a session (``POST /auth/login``).
 
         Blocking (Argon2 takes tens of milliseconds): run it in a thread.
@@ -310,12 +328,12 @@ class Authenticator:
         if not verify_password(user.password_hash, password, hasher):
             self.limiter.failed(username, address)
             log.info("login refused from %s: wrong password for %r", address, username)
-            raise AuthenticationFailed(f"wrong password for user {username!r}",
-                                       refused="password")
+            raise AuthenticationFailed(f"wrong password for user {username!r}", refused="password")
         if needs_rehash(user.password_hash, hasher):
             self.store.set_password_hash(username, hash_password(password, hasher))
-        session, refresh = self.store.start_session(username, user.scopes, "password",
-                                                    self.config.refresh_ttl)
+        session, refresh = self.store.start_session(
+            username, user.scopes, "password", self.config.refresh_ttl
+        )
         log.info("%r logged in from %s", username, address)
         return self.token_response(session, refresh)
 
@@ -335,14 +353,15 @@ class Authenticator:
             user = self.store.user(session.subject)
             if user is None:
                 self.store.revoke_session(session.family)
-                raise AuthenticationFailed(f"user {session.subject!r} is not known here any more",
-                                           refused="user")
-            session = Session(session.family, session.subject, user.scopes, session.method,
-                              session.expires_at)
+                raise AuthenticationFailed(
+                    f"user {session.subject!r} is not known here any more", refused="user"
+                )
+            session = Session(
+                session.family, session.subject, user.scopes, session.method, session.expires_at
+            )
         return self.token_response(session, new)
 
-    def logout(self, refresh_token: str | None = None, identity: Identity | None = None
-               ) -> bool:
+    def logout(self, refresh_token: str | None = None, identity: Identity | None = None) -> bool:
         """Revoke a session, named by one of its refresh tokens or an access token's identity.
 
         Returns:
@@ -364,8 +383,9 @@ class Authenticator:
         ``expires_at`` (seconds, Unix seconds), ``refresh_token``,
         ``refresh_expires_at``, ``scope`` (space-separated), ``subject``.
         """
-        token, expires_at = self.tokens.issue(session.subject, session.scopes,
-                                              method="password", session=session.family)
+        token, expires_at = self.tokens.issue(
+            session.subject, session.scopes, method="password", session=session.family
+        )
         return {
             "token_type": "Bearer",
             "access_token": token,
@@ -377,8 +397,7 @@ class Authenticator:
             "subject": session.subject,
         }
 
-    def issue_token(self, subject: str, scopes: Iterable[str], *, ttl: float | None = None
-                    ) -> str:
+    def issue_token(self, subject: str, scopes: Iterable[str], *, ttl: float | None = None) -> str:
         """Mint an access token without a session (service accounts, tests).
 
         Args:
@@ -407,8 +426,9 @@ def request_identity(scope: Mapping[str, Any]) -> Identity | None:
     return identity if isinstance(identity, Identity) else None
 
 
-def authorize_request(scope: Mapping[str, Any], name: str, extra: Iterable[str] = ()
-                      ) -> Identity | None:
+def authorize_request(
+    scope: Mapping[str, Any], name: str, extra: Iterable[str] = ()
+) -> Identity | None:
     """For mounted apps (the jobs API): check the request's identity for action ``name``.
 
     Does nothing and returns None when the App runs without auth.

@@ -53,8 +53,9 @@ def certificate_name(pem_or_der: str | bytes) -> CertificateName:
         der = ssl.PEM_cert_to_DER_cert(pem_or_der) if isinstance(pem_or_der, str) else pem_or_der
         cert = x509.load_der_x509_certificate(der)
     except ValueError:
-        raise AuthenticationFailed("the client certificate cannot be read",
-                                   refused="certificate") from None
+        raise AuthenticationFailed(
+            "the client certificate cannot be read", refused="certificate"
+        ) from None
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else None
     sans: list[str] = []
@@ -67,10 +68,16 @@ def certificate_name(pem_or_der: str | bytes) -> CertificateName:
         pass
     subject = cn or (sans[0] if sans else None)
     if not subject:
-        raise AuthenticationFailed("the client certificate names no subject (no CN or SAN)",
-                                   refused="certificate")
-    return CertificateName(subject, cn, tuple(sans), hashlib.sha256(der).hexdigest(),
-                           cert.not_valid_after_utc.timestamp())
+        raise AuthenticationFailed(
+            "the client certificate names no subject (no CN or SAN)", refused="certificate"
+        )
+    return CertificateName(
+        subject,
+        cn,
+        tuple(sans),
+        hashlib.sha256(der).hexdigest(),
+        cert.not_valid_after_utc.timestamp(),
+    )
 
 
 class CertificateAuth:
@@ -82,8 +89,12 @@ class CertificateAuth:
             for; None refuses subjects not listed.
     """
 
-    def __init__(self, subjects: Mapping[str, Iterable[str]] | None = None, *,
-                 default_scopes: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        subjects: Mapping[str, Iterable[str]] | None = None,
+        *,
+        default_scopes: Iterable[str] | None = None,
+    ) -> None:
         self.subjects = {k: frozenset(v) for k, v in (subjects or {}).items()}
         self.default_scopes = None if default_scopes is None else frozenset(default_scopes)
 
@@ -102,6 +113,12 @@ class CertificateAuth:
         if scopes is None:
             raise AuthenticationFailed(
                 f"the client certificate for {name.subject!r} is not allowed here",
-                refused="certificate")
-        return Identity(name.subject, scopes, "certificate", name.not_after,
-                        claims={"sha256": name.sha256, "san": list(name.alternative_names)})
+                refused="certificate",
+            )
+        return Identity(
+            name.subject,
+            scopes,
+            "certificate",
+            name.not_after,
+            claims={"sha256": name.sha256, "san": list(name.alternative_names)},
+        )

@@ -49,8 +49,9 @@ async def _fields(request: Request, *names: str) -> dict[str, str]:
             body = await request.body()
             data = await request.json() if body else {}
     except ValueError:
-        raise TetherError("the body must be a JSON object", code=StatusCode.INVALID_ARGUMENT
-                          ) from None
+        raise TetherError(
+            "the body must be a JSON object", code=StatusCode.INVALID_ARGUMENT
+        ) from None
     if not isinstance(data, dict):
         raise TetherError("the body must be a JSON object", code=StatusCode.INVALID_ARGUMENT)
     values = {n: data.get(n) for n in names}
@@ -83,8 +84,7 @@ def auth_app(auth: Authenticator) -> Starlette:
         if "password" not in fields:
             raise AuthenticationFailed("a password is required", refused="password")
         address = request.client.host if request.client else None
-        body = await run_in_threadpool(auth.login, fields["username"], fields["password"],
-                                       address)
+        body = await run_in_threadpool(auth.login, fields["username"], fields["password"], address)
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
     async def refresh(request: Request) -> Response:
@@ -111,9 +111,11 @@ def auth_app(auth: Authenticator) -> Starlette:
             raise AuthenticationFailed("authentication required", refused="credentials")
         return JSONResponse(identity.describe())
 
-    return Starlette(routes=[
-        Route("/login", _guarded(login), methods=["POST"]),
-        Route("/refresh", _guarded(refresh), methods=["POST"]),
-        Route("/logout", _guarded(logout), methods=["POST"]),
-        Route("/whoami", _guarded(whoami), methods=["GET"]),
-    ])
+    return Starlette(
+        routes=[
+            Route("/login", _guarded(login), methods=["POST"]),
+            Route("/refresh", _guarded(refresh), methods=["POST"]),
+            Route("/logout", _guarded(logout), methods=["POST"]),
+            Route("/whoami", _guarded(whoami), methods=["GET"]),
+        ]
+    )

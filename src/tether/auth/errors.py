@@ -28,8 +28,13 @@ class AuthenticationFailed(ServiceError):
     code = StatusCode.UNAUTHENTICATED
     error_name = "tether.AuthenticationFailed"
 
-    def __init__(self, message: str = "authentication required", details: Any = None, *,
-                 refused: Refused | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "authentication required",
+        details: Any = None,
+        *,
+        refused: Refused | None = None,
+    ) -> None:
         if refused is not None:
             details = {**(details if isinstance(details, dict) else {}), "refused": refused}
         super().__init__(message, details)

@@ -56,8 +56,7 @@ class OIDCProvider:
         *,
         jwks_url: str | None = None,
         jwks: Mapping[str, Any] | None = None,
-        algorithms: Sequence[str] = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384",
-                                     "EdDSA"),
+        algorithms: Sequence[str] = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"),
         scopes_claim: str = "scope",
         subject_claim: str = "sub",
         leeway: float = 30.0,
@@ -99,8 +98,9 @@ class OIDCProvider:
             return
         url = self.jwks_url
         if url is None:
-            config = _get_json(self.issuer.rstrip("/") + "/.well-known/openid-configuration",
-                               self.timeout)
+            config = _get_json(
+                self.issuer.rstrip("/") + "/.well-known/openid-configuration", self.timeout
+            )
             url = str(config["jwks_uri"])
             self.jwks_url = url
         keys = _parse_jwks(_get_json(url, self.timeout))
@@ -111,21 +111,24 @@ class OIDCProvider:
     def _key_for(self, kid: str | None) -> jwt.PyJWK:
         now = time.monotonic()
         stale = now - self._fetched_at > self.cache_seconds
-        if not self._static and (stale or (kid not in self._keys and
-                                           now - self._fetched_at > self.min_refetch)):
+        if not self._static and (
+            stale or (kid not in self._keys and now - self._fetched_at > self.min_refetch)
+        ):
             try:
                 self.refresh_keys()
             except (OSError, ValueError, KeyError) as exc:
                 if not self._keys:
                     raise AuthenticationFailed(
                         f"cannot fetch the signing keys of {self.issuer} ({type(exc).__name__})",
-                        refused="token") from None
+                        refused="token",
+                    ) from None
         key = self._keys.get(kid)
         if key is None and kid is None and len(self._keys) == 1:
             key = next(iter(self._keys.values()))
         if key is None:
             raise AuthenticationFailed(
-                f"the token's signing key is not one {self.issuer} publishes", refused="token")
+                f"the token's signing key is not one {self.issuer} publishes", refused="token"
+            )
         return key
 
     def verify(self, token: str) -> Identity:
@@ -139,8 +142,12 @@ class OIDCProvider:
             header = jwt.get_unverified_header(token)
             key = self._key_for(header.get("kid"))
             claims: dict[str, Any] = jwt.decode(
-                token, key.key, algorithms=self.algorithms, audience=self.audience,
-                issuer=self.issuer, leeway=self.leeway,
+                token,
+                key.key,
+                algorithms=self.algorithms,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
                 options={"require": ["exp", "iss", "aud", self.subject_claim]},
             )
         except jwt.PyJWTError as exc:

@@ -96,8 +96,7 @@ class LoginLimiter:
             TooManyAttempts: ``details={"retry_after": whole seconds}``.
         """
         with self._lock:
-            wait = max(self._users.wait(user),
-                       self._addresses.wait(address) if address else 0.0)
+            wait = max(self._users.wait(user), self._addresses.wait(address) if address else 0.0)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             raise TooManyAttempts(

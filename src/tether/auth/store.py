@@ -105,8 +105,9 @@ class CredentialStore:
     sharing the file.
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, hasher: PasswordHasher | None = None
-                 ) -> None:
+    def __init__(
+        self, path: str | Path = ":memory:", *, hasher: PasswordHasher | None = None
+    ) -> None:
         self.path = str(path)
         self.hasher = hasher
         if self.path != ":memory:":
@@ -114,8 +115,9 @@ class CredentialStore:
             file.parent.mkdir(parents=True, exist_ok=True)
             if not file.exists():
                 file.touch(mode=0o600)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                   timeout=10.0)
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+        )
         self._lock = threading.Lock()
         with self._lock:
             if self.path != ":memory:":
@@ -128,8 +130,9 @@ class CredentialStore:
         if self.path == ":memory:":
             self._rdb, self._rlock = self._db, self._lock
         else:
-            self._rdb = sqlite3.connect(self.path, check_same_thread=False,
-                                        isolation_level=None, timeout=10.0)
+            self._rdb = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+            )
             self._rlock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -165,8 +168,9 @@ class CredentialStore:
     def signing_key(self) -> bytes:
         """The HMAC key access tokens are signed with: 32 random bytes made once."""
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO meta VALUES ('signing_key', ?)",
-                       (secrets.token_bytes(32),))
+            db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('signing_key', ?)", (secrets.token_bytes(32),)
+            )
             row = db.execute("SELECT value FROM meta WHERE key = 'signing_key'").fetchone()
         return bytes(row[0])
 
@@ -216,8 +220,9 @@ class CredentialStore:
 
     # -- API keys --------------------------------------------------------------
 
-    def add_api_key(self, subject: str, scopes: Iterable[str] = (), *,
-                    expires_in: float | None = None) -> str:
+    def add_api_key(
+        self, subject: str, scopes: Iterable[str] = (), *, expires_in: float | None = None
+    ) -> str:
         """Make an API key for ``subject`` with ``scopes``; returns the key (shown once).
 
         Args:
@@ -226,9 +231,17 @@ class CredentialStore:
         key_id, key = apikeys.new_api_key()
         expires = None if expires_in is None else time.time() + expires_in
         with self._write() as db:
-            db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, 0)", (
-                key_id, apikeys.digest(key), subject, json.dumps(sorted(set(scopes))),
-                time.time(), expires))
+            db.execute(
+                "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (
+                    key_id,
+                    apikeys.digest(key),
+                    subject,
+                    json.dumps(sorted(set(scopes))),
+                    time.time(),
+                    expires,
+                ),
+            )
         return key
 
     def check_api_key(self, key: str) -> ApiKeyRecord:
@@ -244,11 +257,14 @@ class CredentialStore:
             with self._rlock:
                 row = self._rdb.execute(
                     "SELECT digest, subject, scopes, expires_at, revoked FROM api_keys "
-                    "WHERE key_id = ?", (key_id,)).fetchone()
+                    "WHERE key_id = ?",
+                    (key_id,),
+                ).fetchone()
         if row is None or not apikeys.matches(key, row[0]):
             raise AuthenticationFailed("the API key is not valid", refused="api_key")
-        record = ApiKeyRecord(key_id or "", row[1], frozenset(json.loads(row[2])), row[3],
-                              bool(row[4]))
+        record = ApiKeyRecord(
+            key_id or "", row[1], frozenset(json.loads(row[2])), row[3], bool(row[4])
+        )
         if record.revoked:
             raise AuthenticationFailed("the API key was revoked", refused="api_key")
         if record.expires_at is not None and record.expires_at <= time.time():
@@ -259,13 +275,16 @@ class CredentialStore:
         """Revoke a key given whole or by id; True if one was revoked."""
         key_id = apikeys.key_id_of(key_or_id) or key_or_id
         with self._write() as db:
-            return db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?",
-                              (key_id,)).rowcount > 0
+            return (
+                db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,)).rowcount
+                > 0
+            )
 
     # -- refresh sessions ----------------------------------------------------------
 
-    def start_session(self, subject: str, scopes: Iterable[str], method: str, ttl: float
-                      ) -> tuple[Session, str]:
+    def start_session(
+        self, subject: str, scopes: Iterable[str], method: str, ttl: float
+    ) -> tuple[Session, str]:
         """Begin a session; returns it and its first refresh token.
 
         Args:
@@ -277,11 +296,21 @@ class CredentialStore:
         with self._write() as db:
             db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
             db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
-            db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, 0)", (
-                session.family, subject, json.dumps(sorted(session.scopes)), method, now,
-                session.expires_at))
-            db.execute("INSERT INTO refresh_tokens VALUES (?, ?, ?, 0)",
-                       (_refresh_digest(token), session.family, session.expires_at))
+            db.execute(
+                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (
+                    session.family,
+                    subject,
+                    json.dumps(sorted(session.scopes)),
+                    method,
+                    now,
+                    session.expires_at,
+                ),
+            )
+            db.execute(
+                "INSERT INTO refresh_tokens VALUES (?, ?, ?, 0)",
+                (_refresh_digest(token), session.family, session.expires_at),
+            )
         return session, token
 
     def rotate(self, token: str, scopes: Iterable[str] | None = None) -> tuple[Session, str]:
@@ -307,7 +336,9 @@ class CredentialStore:
             row = db.execute(
                 "SELECT t.family, t.used, s.subject, s.scopes, s.method, s.expires_at, "
                 "s.revoked FROM refresh_tokens t JOIN sessions s ON s.family = t.family "
-                "WHERE t.digest = ?", (_refresh_digest(token),)).fetchone()
+                "WHERE t.digest = ?",
+                (_refresh_digest(token),),
+            ).fetchone()
             if row is None:
                 refusal = "the refresh token is not known here (expired, or from another server)"
             else:
@@ -317,20 +348,28 @@ class CredentialStore:
                 elif used:
                     # Committed with the refusal: the family stays revoked.
                     db.execute("UPDATE sessions SET revoked = 1 WHERE family = ?", (family,))
-                    refusal = ("the refresh token was already used; the session is revoked "
-                               "(log in again)")
+                    refusal = (
+                        "the refresh token was already used; the session is revoked (log in again)"
+                    )
                 elif expires_at <= now:
                     refusal = "the session has expired; log in again"
                 else:
-                    granted = (frozenset(json.loads(scope_text)) if scopes is None
-                               else frozenset(scopes))
+                    granted = (
+                        frozenset(json.loads(scope_text)) if scopes is None else frozenset(scopes)
+                    )
                     new = REFRESH_PREFIX + secrets.token_urlsafe(32)
-                    db.execute("UPDATE refresh_tokens SET used = 1 WHERE digest = ?",
-                               (_refresh_digest(token),))
-                    db.execute("INSERT INTO refresh_tokens VALUES (?, ?, ?, 0)",
-                               (_refresh_digest(new), family, expires_at))
-                    db.execute("UPDATE sessions SET scopes = ? WHERE family = ?",
-                               (json.dumps(sorted(granted)), family))
+                    db.execute(
+                        "UPDATE refresh_tokens SET used = 1 WHERE digest = ?",
+                        (_refresh_digest(token),),
+                    )
+                    db.execute(
+                        "INSERT INTO refresh_tokens VALUES (?, ?, ?, 0)",
+                        (_refresh_digest(new), family, expires_at),
+                    )
+                    db.execute(
+                        "UPDATE sessions SET scopes = ? WHERE family = ?",
+                        (json.dumps(sorted(granted)), family),
+                    )
         if refusal is not None:
             raise AuthenticationFailed(refusal, refused="refresh_token")
         return Session(family, subject, granted, method, expires_at), new
@@ -338,21 +377,25 @@ class CredentialStore:
     def session_of(self, token: str) -> str | None:
         """The family of a refresh token (used or not), or None."""
         with self._rlock:
-            row = self._rdb.execute("SELECT family FROM refresh_tokens WHERE digest = ?",
-                                   (_refresh_digest(token),)).fetchone()
+            row = self._rdb.execute(
+                "SELECT family FROM refresh_tokens WHERE digest = ?", (_refresh_digest(token),)
+            ).fetchone()
         return None if row is None else str(row[0])
 
     def revoke_session(self, family: str) -> bool:
         """Revoke a session (logout): its refresh tokens stop working. True if found."""
         with self._write() as db:
-            return db.execute("UPDATE sessions SET revoked = 1 WHERE family = ?",
-                              (family,)).rowcount > 0
+            return (
+                db.execute("UPDATE sessions SET revoked = 1 WHERE family = ?", (family,)).rowcount
+                > 0
+            )
 
     def session_revoked(self, family: str) -> bool:
         """True when the session is revoked, expired or unknown."""
         with self._rlock:
-            row = self._rdb.execute("SELECT revoked, expires_at FROM sessions WHERE family = ?",
-                                   (family,)).fetchone()
+            row = self._rdb.execute(
+                "SELECT revoked, expires_at FROM sessions WHERE family = ?", (family,)
+            ).fetchone()
         return row is None or bool(row[0]) or row[1] <= time.time()
 
 
@@ -361,4 +404,3 @@ def default_store_path() -> Path:
     from tether.settings import get_settings
 
     return get_settings().effective_auth_store_path
-

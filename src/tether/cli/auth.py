@@ -22,8 +22,9 @@ admin = typer.Typer(
 )
 
 
-def uvicorn_tls_options(cert: Path | None, key: Path | None, client_ca: Path | None
-                        ) -> dict[str, Any]:
+def uvicorn_tls_options(
+    cert: Path | None, key: Path | None, client_ca: Path | None
+) -> dict[str, Any]:
     """uvicorn options for ``tether serve``'s TLS flags.
 
     Without ``cert``: plain HTTP on httptools. With it: HTTPS; with
@@ -80,16 +81,20 @@ def _read_password(username: str, url: str, from_stdin: bool) -> str:
 
 def login(
     url: Annotated[str, typer.Argument(help="The server, e.g. https://127.0.0.1:8443.")],
-    username: Annotated[str | None, typer.Option(help="Log in as this user (asks for the "
-                                                      "password).")] = None,
+    username: Annotated[
+        str | None, typer.Option(help="Log in as this user (asks for the password).")
+    ] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
     api_key: Annotated[str | None, typer.Option(help="Store this API key instead.")] = None,
-    cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual "
-                                                   "TLS.")] = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="The client certificate's key (PEM).")] = None,
     ca: Annotated[Path | None, typer.Option(help="CA bundle to verify the server with.")] = None,
-    pin_sha256: Annotated[str | None, typer.Option(help="Accept only the server certificate "
-                                                        "with this SHA-256 fingerprint.")] = None,
+    pin_sha256: Annotated[
+        str | None,
+        typer.Option(help="Accept only the server certificate with this SHA-256 fingerprint."),
+    ] = None,
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 30.0,
 ) -> None:
     """Log in to a server; later commands (call, describe, whoami) use the stored credentials.
@@ -108,8 +113,15 @@ def login(
     certificate: tuple[Path, Path] | Path | None = (cert, key) if cert and key else cert
     try:
         if api_key is not None or (certificate is not None and username is None):
-            auth, context = resolve(url, settings, api_key=api_key, cert=certificate, ca=ca,
-                                    pin_sha256=pin_sha256, stored=False)
+            auth, context = resolve(
+                url,
+                settings,
+                api_key=api_key,
+                cert=certificate,
+                ca=ca,
+                pin_sha256=pin_sha256,
+                stored=False,
+            )
             identity = _whoami(url, auth.headers() if auth else {}, context, timeout)
             entry: dict[str, Any] = {"username": identity.get("subject")}
             if api_key is not None:
@@ -124,13 +136,28 @@ def login(
             stored = CredentialsFile(settings.effective_credentials_path).get(url) or {}
             user = username or stored.get("username") or getpass.getuser()
             password = _read_password(user, url, password_stdin)
-            auth, context = resolve(url, settings, username=user, password=password,
-                                    cert=certificate, ca=ca, pin_sha256=pin_sha256)
+            auth, context = resolve(
+                url,
+                settings,
+                username=user,
+                password=password,
+                cert=certificate,
+                ca=ca,
+                pin_sha256=pin_sha256,
+            )
             assert isinstance(auth, SessionAuth)
             # A fresh login, not a refresh: keep only the TLS choices.
-            auth.credentials.update(url, lambda old: {
-                k: v for k, v in (old or {}).items() if k in ("ca", "pin_sha256", "cert", "key")
-            } or None)
+            auth.credentials.update(
+                url,
+                lambda old: (
+                    {
+                        k: v
+                        for k, v in (old or {}).items()
+                        if k in ("ca", "pin_sha256", "cert", "key")
+                    }
+                    or None
+                ),
+            )
             identity = _whoami(url, auth.headers(), context, timeout)
             auth.close()
     except TetherError as exc:
@@ -138,8 +165,11 @@ def login(
     except (OSError, ValueError) as exc:
         raise fail(TetherError(f"cannot log in: {exc}")) from None
     scopes = ", ".join(identity.get("scopes", [])) or "none"
-    out.print(f"logged in to {url} as [bold]{identity.get('subject')}[/] "
-              f"({identity.get('method')}; scopes: {scopes})", highlight=False)
+    out.print(
+        f"logged in to {url} as [bold]{identity.get('subject')}[/] "
+        f"({identity.get('method')}; scopes: {scopes})",
+        highlight=False,
+    )
 
 
 def logout(
@@ -166,10 +196,10 @@ def logout(
     else:
         revoked = False
     # Forget the credentials; keep how to trust the server (CA bundle, pin).
-    file.update(url, lambda old: {
-        k: v for k, v in (old or {}).items() if k in ("ca", "pin_sha256")} or None)
-    out.print(f"logged out of {url}" + (" (session revoked)" if revoked else ""),
-              highlight=False)
+    file.update(
+        url, lambda old: {k: v for k, v in (old or {}).items() if k in ("ca", "pin_sha256")} or None
+    )
+    out.print(f"logged out of {url}" + (" (session revoked)" if revoked else ""), highlight=False)
 
 
 def whoami(
@@ -189,19 +219,26 @@ def whoami(
     emit(identity)
 
 
-def _whoami(url: str, headers: Any, context: ssl.SSLContext | None, timeout: float,
-            auth: Any = None) -> dict[str, Any]:
+def _whoami(
+    url: str, headers: Any, context: ssl.SSLContext | None, timeout: float, auth: Any = None
+) -> dict[str, Any]:
     from tether.codec import Codec, decode_any
     from tether.errors import error_from_envelope
     from tether.transports.http_sync import SyncHTTPTransport
 
     transport = SyncHTTPTransport(url, ssl_context=context)
     try:
-        raw = transport.request("GET", "/auth/whoami", None,
-                                {"accept": "application/json", **headers}, timeout)
+        raw = transport.request(
+            "GET", "/auth/whoami", None, {"accept": "application/json", **headers}, timeout
+        )
         if raw.status == 401 and auth is not None and auth.on_unauthorized():
-            raw = transport.request("GET", "/auth/whoami", None,
-                                    {"accept": "application/json", **auth.headers()}, timeout)
+            raw = transport.request(
+                "GET",
+                "/auth/whoami",
+                None,
+                {"accept": "application/json", **auth.headers()},
+                timeout,
+            )
     finally:
         transport.close()
     try:
@@ -215,8 +252,10 @@ def _whoami(url: str, headers: Any, context: ssl.SSLContext | None, timeout: flo
 
 # -- tether auth: the server's store ----------------------------------------------
 
-StoreOption = Annotated[Path | None, typer.Option(
-    "--store", help="The auth store (default: auth.db in the state directory).")]
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", help="The auth store (default: auth.db in the state directory)."),
+]
 
 
 def _store(path: Path | None) -> Any:
@@ -238,13 +277,13 @@ def add_user(
 
     password = _read_password(name, "this server", password_stdin)
     _store(store).add_user(name, password, scope or [])
-    out.print(f"user {name} saved (scopes: {', '.join(scope or []) or 'none'})",
-              highlight=False)
+    out.print(f"user {name} saved (scopes: {', '.join(scope or []) or 'none'})", highlight=False)
 
 
 @admin.command("remove-user")
-def remove_user(name: Annotated[str, typer.Argument(help="The user name.")],
-                store: StoreOption = None) -> None:
+def remove_user(
+    name: Annotated[str, typer.Argument(help="The user name.")], store: StoreOption = None
+) -> None:
     """Remove a user and revoke their sessions."""
     from tether.cli.output import out
 
@@ -273,8 +312,9 @@ def add_key(
 
 
 @admin.command("revoke-key")
-def revoke_key(key: Annotated[str, typer.Argument(help="The key, or its id.")],
-               store: StoreOption = None) -> None:
+def revoke_key(
+    key: Annotated[str, typer.Argument(help="The key, or its id.")], store: StoreOption = None
+) -> None:
     """Revoke an API key."""
     from tether.cli.output import out
 
@@ -296,5 +336,3 @@ def register(app: typer.Typer) -> None:
     app.command()(logout)
     app.command()(whoami)
     app.add_typer(admin, name="auth")
-
-

@@ -142,4 +142,3 @@ def health(
     if not any(r.is_healthy(target) for r in records):
         err.print(f"[bold red]unhealthy[/]: no healthy instance of {target!r} in {url}")
         raise typer.Exit(1)
-

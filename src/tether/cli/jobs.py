@@ -86,9 +86,7 @@ def _finish(job: Job) -> None:
         err.print(f"[bold red]cancelled[/]: job {job.id} was cancelled", highlight=False)
         raise typer.Exit(1)
     error = job.error or {"code": "error", "message": "", "details": None}
-    err.print(
-        f"[bold red]failed[/] [red]{error['code']}[/]: {error['message']}", highlight=False
-    )
+    err.print(f"[bold red]failed[/] [red]{error['code']}[/]: {error['message']}", highlight=False)
     if error.get("details"):
         err.print(json.dumps(error["details"], indent=2, default=str), highlight=False)
     raise typer.Exit(1)
@@ -170,8 +168,9 @@ def get(url: Url, job_id: JobId, timeout: Timeout = 30.0) -> None:
 @jobs_app.command("list")
 def list_jobs(
     url: Url,
-    state: Annotated[str | None, typer.Option(help="queued, running, succeeded, failed, "
-                                                   "cancelled.")] = None,
+    state: Annotated[
+        str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")
+    ] = None,
     type: Annotated[str | None, typer.Option("--type", help="Only this job type.")] = None,
     queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
     limit: Annotated[int, typer.Option(help="Jobs per page.")] = 50,
@@ -200,8 +199,14 @@ def list_jobs(
     for job in page.jobs:
         progress = "" if job.progress is None else f"{job.progress:.0%}"
         created = job.created_at.isoformat(" ", "seconds")
-        table.add_row(job.id, job.type, job.state.value, progress,
-                      f"{job.attempts}/{job.max_attempts}", created)
+        table.add_row(
+            job.id,
+            job.type,
+            job.state.value,
+            progress,
+            f"{job.attempts}/{job.max_attempts}",
+            created,
+        )
     out.print(table)
 
 
@@ -270,8 +275,10 @@ def load_worker(target: str, **options: Any) -> Worker:
 
 def worker(
     target: Annotated[
-        str, typer.Argument(help="The App whose job handlers to run (or a Worker subclass), "
-                                 "as MODULE:ATTRIBUTE.")
+        str,
+        typer.Argument(
+            help="The App whose job handlers to run (or a Worker subclass), as MODULE:ATTRIBUTE."
+        ),
     ],
     concurrency: Annotated[int, typer.Option(help="Jobs run at once.")] = 1,
     queue: Annotated[
@@ -318,8 +325,7 @@ def worker(
             grace=grace,
         )
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        err.print(f"[bold red]error[/]: cannot start a worker for {target}: {exc}",
-                  highlight=False)
+        err.print(f"[bold red]error[/]: cannot start a worker for {target}: {exc}", highlight=False)
         raise typer.Exit(2) from None
     built.serve()
     if built.abandoned_threads:

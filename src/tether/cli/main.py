@@ -30,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 @app.command()
 def serve(
     target: Annotated[str, typer.Argument(help="The App to serve, as MODULE:ATTRIBUTE.")],
@@ -69,7 +70,8 @@ def serve(
     lease: Annotated[
         float,
         typer.Option(
-            metavar="SECONDS", min=0.5,
+            metavar="SECONDS",
+            min=0.5,
             help="Seconds the registry entry lives without a heartbeat (heartbeats "
             "every third of it).",
         ),
@@ -107,8 +109,14 @@ def serve(
     if registry is None and (advertise is not None or get_settings().registry_url):
         registry = get_settings().effective_registry_url
     options = LaunchOptions(
-        target, relay=relay, registry=registry, advertise=advertise, lease=lease,
-        host=host, port=port if http else None, tls=tls_cert is not None,
+        target,
+        relay=relay,
+        registry=registry,
+        advertise=advertise,
+        lease=lease,
+        host=host,
+        port=port if http else None,
+        tls=tls_cert is not None,
     )
     if registry is not None:
         try:

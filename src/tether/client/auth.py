@@ -81,8 +81,13 @@ class StaticAuth:
         return False
 
 
-def post_json(transport: SyncHTTPTransport, path: str, body: Mapping[str, Any],
-              timeout: float, headers: Mapping[str, str] | None = None) -> Any:
+def post_json(
+    transport: SyncHTTPTransport,
+    path: str,
+    body: Mapping[str, Any],
+    timeout: float,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     """POST a JSON body to the server and decode the JSON answer.
 
     Raises:
@@ -90,9 +95,12 @@ def post_json(transport: SyncHTTPTransport, path: str, body: Mapping[str, Any],
             for refused credentials), or Unavailable / DeadlineExceeded.
     """
     raw = transport.request(
-        "POST", path, json.dumps(body).encode(),
+        "POST",
+        path,
+        json.dumps(body).encode(),
         {"content-type": "application/json", "accept": "application/json", **(headers or {})},
-        timeout)
+        timeout,
+    )
     try:
         data = decode_any(raw.body, Codec.JSON)
     except TetherError:
@@ -198,24 +206,36 @@ class SessionAuth:
         else log in. ``refused`` is a token the server refused (never adopted)."""
         with self.credentials.locked():
             stored = self.credentials.get(self.url)
-            if stored is not None and self.username and stored.get("username") not in (
-                    None, self.username):
+            if (
+                stored is not None
+                and self.username
+                and stored.get("username") not in (None, self.username)
+            ):
                 stored = None  # another user's session: log in as this one
             if self._must_login:  # a fresh login, whatever is stored
-                stored = {k: v for k, v in (stored or {}).items()
-                          if k in ("ca", "pin_sha256", "cert", "key")}
-            if (stored is not None and stored.get("access_token") != refused
-                    and self._usable(stored)):
+                stored = {
+                    k: v
+                    for k, v in (stored or {}).items()
+                    if k in ("ca", "pin_sha256", "cert", "key")
+                }
+            if (
+                stored is not None
+                and stored.get("access_token") != refused
+                and self._usable(stored)
+            ):
                 self._entry = stored
                 return stored
             answer: dict[str, Any] | None = None
             if stored is not None and stored.get("refresh_token"):
                 try:
-                    answer = post_json(self._http(), "/auth/refresh",
-                                       {"refresh_token": stored["refresh_token"]}, self.timeout)
+                    answer = post_json(
+                        self._http(),
+                        "/auth/refresh",
+                        {"refresh_token": stored["refresh_token"]},
+                        self.timeout,
+                    )
                 except AuthenticationFailed as exc:
-                    log.info("refresh refused by %s (%s); logging in again", self.url,
-                             exc.message)
+                    log.info("refresh refused by %s (%s); logging in again", self.url, exc.message)
             if answer is None:
                 answer = self._login()
             entry: Entry = {
@@ -236,16 +256,24 @@ class SessionAuth:
         if not self.username:
             raise AuthenticationFailed(
                 f"not logged in to {self.url}: run 'tether login {self.url}', or pass "
-                "username= (and password=) or token= or api_key=", refused="credentials")
+                "username= (and password=) or token= or api_key=",
+                refused="credentials",
+            )
         password = self._password
         if password is None:
             if not sys.stdin.isatty():
                 raise AuthenticationFailed(
                     f"the session for {self.username!r} at {self.url} has ended and no password "
-                    "was given (and there is no terminal to ask on)", refused="password")
+                    "was given (and there is no terminal to ask on)",
+                    refused="password",
+                )
             password = getpass.getpass(f"password for {self.username} at {self.url}: ")
-        answer = post_json(self._http(), "/auth/login",
-                           {"username": self.username, "password": password}, self.timeout)
+        answer = post_json(
+            self._http(),
+            "/auth/login",
+            {"username": self.username, "password": password},
+            self.timeout,
+        )
         if not isinstance(answer, dict) or "access_token" not in answer:
             raise Unavailable(f"{self.url}/auth/login did not answer a token")
         self._password = password  # kept in memory only, to log in again later
@@ -263,12 +291,19 @@ class SessionAuth:
             stored = self.credentials.get(self.url) or {}
             revoked = False
             if stored.get("refresh_token") or stored.get("access_token"):
-                headers = ({"authorization": f"Bearer {stored['access_token']}"}
-                           if stored.get("access_token") else {})
+                headers = (
+                    {"authorization": f"Bearer {stored['access_token']}"}
+                    if stored.get("access_token")
+                    else {}
+                )
                 try:
-                    answer = post_json(self._http(), "/auth/logout",
-                                       {"refresh_token": stored.get("refresh_token")},
-                                       self.timeout, headers)
+                    answer = post_json(
+                        self._http(),
+                        "/auth/logout",
+                        {"refresh_token": stored.get("refresh_token")},
+                        self.timeout,
+                        headers,
+                    )
                     revoked = bool(answer.get("revoked")) if isinstance(answer, dict) else False
                 except TetherError as exc:
                     log.info("logout at %s failed: %s", self.url, exc.message)
@@ -283,10 +318,15 @@ class SessionAuth:
             self._transport.close()
 
 
-def tls_for(url: str, settings: Settings, entry: Entry | None, *,
-            ca: str | Path | None = None, pin_sha256: str | None = None,
-            cert: tuple[str | Path, str | Path] | str | Path | None = None,
-            ) -> ssl.SSLContext | None:
+def tls_for(
+    url: str,
+    settings: Settings,
+    entry: Entry | None,
+    *,
+    ca: str | Path | None = None,
+    pin_sha256: str | None = None,
+    cert: tuple[str | Path, str | Path] | str | Path | None = None,
+) -> ssl.SSLContext | None:
     """The SSL context for ``url``: arguments first, then the stored entry, then settings.
 
     None for ``http://`` URLs.
@@ -325,8 +365,11 @@ def resolve(
     Raises:
         ValueError: more than one of token, api_key and username; a bad pin.
     """
-    given = [n for n, v in (("token", token), ("api_key", api_key), ("username", username))
-             if v is not None]
+    given = [
+        n
+        for n, v in (("token", token), ("api_key", api_key), ("username", username))
+        if v is not None
+    ]
     if len(given) > 1:
         raise ValueError(f"give one of token=, api_key= and username=, not {' and '.join(given)}")
     if password is not None and username is None:
@@ -348,13 +391,24 @@ def resolve(
     elif cert is not None:
         extra["cert"] = str(Path(cert).resolve())
     if username is not None:
-        return SessionAuth(url, file, username=username, password=password,
-                           ssl_context=context, margin=settings.token_refresh_margin,
-                           extra=extra), context
+        return SessionAuth(
+            url,
+            file,
+            username=username,
+            password=password,
+            ssl_context=context,
+            margin=settings.token_refresh_margin,
+            extra=extra,
+        ), context
     if entry is not None:
         if entry.get("api_key"):
             return StaticAuth(str(entry["api_key"])), context
         if entry.get("access_token") or entry.get("refresh_token"):
-            return SessionAuth(url, file, username=entry.get("username"), ssl_context=context,
-                               margin=settings.token_refresh_margin), context
+            return SessionAuth(
+                url,
+                file,
+                username=entry.get("username"),
+                ssl_context=context,
+                margin=settings.token_refresh_margin,
+            ), context
     return None, context

@@ -123,9 +123,17 @@ class Client:
                 or codec ``"python"`` (integrated connections only).
         """
         codec = _wire_codec(codec, self.codec, "connect")
-        auth, context = resolve(url, self.settings, token=token, api_key=api_key,
-                                username=username, password=password, cert=cert, ca=ca,
-                                pin_sha256=pin_sha256)
+        auth, context = resolve(
+            url,
+            self.settings,
+            token=token,
+            api_key=api_key,
+            username=username,
+            password=password,
+            cert=cert,
+            ca=ca,
+            pin_sha256=pin_sha256,
+        )
         return self._keep(
             Connection(
                 SyncHTTPTransport(url, ssl_context=context),
@@ -137,8 +145,13 @@ class Client:
         )
 
     def integrated(
-        self, app: App, *, codec: Codec | str | None = None, timeout: float | None = None,
-        token: str | None = None, api_key: str | None = None,
+        self,
+        app: App,
+        *,
+        codec: Codec | str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
     ) -> Connection:
         """An in-process connection to ``app``: the full call path minus the network.
 
@@ -293,7 +306,9 @@ class Client:
             return sync_instance_transport(record.address, self.settings, self._run_async, context)
 
         transport = SyncDiscoveredTransport(
-            cache, Balancer(name, selector, retry or RetryPolicy()), self._event_loop,
+            cache,
+            Balancer(name, selector, retry or RetryPolicy()),
+            self._event_loop,
             make_transport,
         )
         return self._keep(
@@ -401,19 +416,35 @@ class AsyncClient:
     ) -> AsyncConnection:
         """A direct connection to ``http(s)://host:port``; see :meth:`Client.connect`."""
         codec = _wire_codec(codec, self.codec, "connect")
-        auth, context = resolve(url, self.settings, token=token, api_key=api_key,
-                                username=username, password=password, cert=cert, ca=ca,
-                                pin_sha256=pin_sha256)
+        auth, context = resolve(
+            url,
+            self.settings,
+            token=token,
+            api_key=api_key,
+            username=username,
+            password=password,
+            cert=cert,
+            ca=ca,
+            pin_sha256=pin_sha256,
+        )
         return self._keep(
             AsyncConnection(
-                AsyncHTTPTransport(url, ssl_context=context), url, codec=codec,
-                timeout=timeout or self.timeout, auth=auth,
+                AsyncHTTPTransport(url, ssl_context=context),
+                url,
+                codec=codec,
+                timeout=timeout or self.timeout,
+                auth=auth,
             )
         )
 
     def integrated(
-        self, app: App, *, codec: Codec | str | None = None, timeout: float | None = None,
-        token: str | None = None, api_key: str | None = None,
+        self,
+        app: App,
+        *,
+        codec: Codec | str | None = None,
+        timeout: float | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
     ) -> AsyncConnection:
         """An in-process connection to ``app``; see :meth:`Client.integrated`.
 
@@ -439,8 +470,10 @@ class AsyncClient:
         """
         return self._keep(
             AsyncConnection(
-                AsyncIntegratedTransport(app), f"integrated:{app.title}",
-                codec=codec or self.codec, timeout=timeout or self.timeout,
+                AsyncIntegratedTransport(app),
+                f"integrated:{app.title}",
+                codec=codec or self.codec,
+                timeout=timeout or self.timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -470,8 +503,10 @@ class AsyncClient:
         )
         return self._keep(
             AsyncConnection(
-                transport, f"{url}#{service_id}" if service_id else url,
-                codec=codec, timeout=timeout or self.timeout,
+                transport,
+                f"{url}#{service_id}" if service_id else url,
+                codec=codec,
+                timeout=timeout or self.timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -509,8 +544,11 @@ class AsyncClient:
         )
         return self._keep(
             AsyncConnection(
-                transport, f"{name} via {registry_url}", codec=codec,
-                timeout=timeout or self.timeout, auth=_static(token, api_key),
+                transport,
+                f"{name} via {registry_url}",
+                codec=codec,
+                timeout=timeout or self.timeout,
+                auth=_static(token, api_key),
             )
         )
 

@@ -183,21 +183,31 @@ class Connection(_CallPath):
 
     def with_timeout(self, timeout: float) -> Connection:
         """The same connection (sharing its pool) with another default timeout in seconds."""
-        return Connection(self.transport, self.target, codec=self.codec, timeout=timeout,
-                          auth=self.auth)
+        return Connection(
+            self.transport, self.target, codec=self.codec, timeout=timeout, auth=self.auth
+        )
 
-    def _send(self, service: str, method: str, body: bytes, headers: dict[str, str],
-              seconds: float, idempotent: bool = False) -> RawResponse:
+    def _send(
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        headers: dict[str, str],
+        seconds: float,
+        idempotent: bool = False,
+    ) -> RawResponse:
         auth = self.auth
         if auth is None:
-            return self.transport.send(service, method, body, headers, seconds,
-                                       idempotent=idempotent)
+            return self.transport.send(
+                service, method, body, headers, seconds, idempotent=idempotent
+            )
         headers.update(auth.headers())
         raw = self.transport.send(service, method, body, headers, seconds, idempotent=idempotent)
         if raw.status == 401 and auth.on_unauthorized():  # refused before it ran: resend
             headers.update(auth.headers())
-            raw = self.transport.send(service, method, body, headers, seconds,
-                                      idempotent=idempotent)
+            raw = self.transport.send(
+                service, method, body, headers, seconds, idempotent=idempotent
+            )
         return raw
 
     def invoke(
@@ -219,9 +229,7 @@ class Connection(_CallPath):
         if self._send_local is not None:
             return self._invoke_integrated(self._send_local, spec, arguments, timeout)
         body, headers, seconds = self._request(arguments, timeout, spec)
-        raw = self._send(
-            spec.service, spec.name, body, headers, seconds, spec.options.idempotent
-        )
+        raw = self._send(spec.service, spec.name, body, headers, seconds, spec.options.idempotent)
         return self._response(raw, spec)
 
     def _invoke_integrated(
@@ -384,23 +392,34 @@ class AsyncConnection(_CallPath):
 
     def with_timeout(self, timeout: float) -> AsyncConnection:
         """The same connection with another default timeout in seconds."""
-        return AsyncConnection(self.transport, self.target, codec=self.codec, timeout=timeout,
-                               auth=self.auth)
+        return AsyncConnection(
+            self.transport, self.target, codec=self.codec, timeout=timeout, auth=self.auth
+        )
 
-    async def _send(self, service: str, method: str, body: bytes, headers: dict[str, str],
-                    seconds: float, idempotent: bool = False) -> RawResponse:
+    async def _send(
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        headers: dict[str, str],
+        seconds: float,
+        idempotent: bool = False,
+    ) -> RawResponse:
         auth = self.auth
         if auth is None:
-            return await self.transport.send(service, method, body, headers, seconds,
-                                             idempotent=idempotent)
+            return await self.transport.send(
+                service, method, body, headers, seconds, idempotent=idempotent
+            )
         # Renewing a token blocks (HTTP, file lock): off the event loop.
         headers.update(auth.headers() if auth.fresh() else await asyncio.to_thread(auth.headers))
-        raw = await self.transport.send(service, method, body, headers, seconds,
-                                        idempotent=idempotent)
+        raw = await self.transport.send(
+            service, method, body, headers, seconds, idempotent=idempotent
+        )
         if raw.status == 401 and await asyncio.to_thread(auth.on_unauthorized):
             headers.update(await asyncio.to_thread(auth.headers))
-            raw = await self.transport.send(service, method, body, headers, seconds,
-                                            idempotent=idempotent)
+            raw = await self.transport.send(
+                service, method, body, headers, seconds, idempotent=idempotent
+            )
         return raw
 
     async def invoke(
@@ -501,4 +520,3 @@ class _Proxy:
 
     def __repr__(self) -> str:
         return f"<tether proxy {self._service} via {self._connection.target}>"
-

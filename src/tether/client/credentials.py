@@ -78,8 +78,9 @@ class CredentialsFile:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable credentials file %s: %s", self.path,
-                        type(exc).__name__)
+            log.warning(
+                "ignoring unreadable credentials file %s: %s", self.path, type(exc).__name__
+            )
             return {}
         servers = data.get("servers") if isinstance(data, dict) else None
         return {k: v for k, v in (servers or {}).items() if isinstance(v, dict)}

@@ -281,7 +281,11 @@ class SyncDiscoveredTransport:
             with self.balancer.selector.track(record):
                 try:
                     raw = self._transport(record).send(
-                        service, method, body, _headers(headers, remaining), remaining,
+                        service,
+                        method,
+                        body,
+                        _headers(headers, remaining),
+                        remaining,
                         idempotent=idempotent,
                     )
                 except Unavailable as exc:
@@ -356,7 +360,11 @@ class AsyncDiscoveredTransport:
             with self.balancer.selector.track(record):
                 try:
                     raw = await transport.send(
-                        service, method, body, _headers(headers, remaining), remaining,
+                        service,
+                        method,
+                        body,
+                        _headers(headers, remaining),
+                        remaining,
                         idempotent=idempotent,
                     )
                 except Unavailable as exc:
@@ -424,7 +432,9 @@ def sync_instance_transport(
 
         url, instance_id = split_address(address)
         return SyncNatsTransport(
-            url, run_async, instance_id=instance_id,
+            url,
+            run_async,
+            instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")
@@ -442,7 +452,8 @@ def async_instance_transport(
 
         url, instance_id = split_address(address)
         return AsyncNatsTransport(
-            url, instance_id=instance_id,
+            url,
+            instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")

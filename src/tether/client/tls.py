@@ -46,7 +46,8 @@ def check_pin(der: bytes | None, pin: str) -> None:
     """
     if not der or not hmac.compare_digest(hashlib.sha256(der).hexdigest(), pin):
         raise ssl.SSLCertVerificationError(
-            "the server's certificate does not match the pinned SHA-256 fingerprint")
+            "the server's certificate does not match the pinned SHA-256 fingerprint"
+        )
 
 
 def _pinned_classes(pin: str) -> tuple[type[ssl.SSLSocket], type[ssl.SSLObject]]:
@@ -111,8 +112,16 @@ def describe_tls_error(exc: BaseException | Any) -> str | None:
         return "the server's certificate does not match the pin"
     if "certificate_verify_failed" in text or "certificate verify failed" in text:
         return "the server's certificate could not be verified (wrong CA bundle?)"
-    if any(a in text for a in ("alert unknown ca", "alert bad certificate",
-                               "certificate required", "alert certificate unknown",
-                               "alert certificate expired", "alert decrypt error")):
+    if any(
+        a in text
+        for a in (
+            "alert unknown ca",
+            "alert bad certificate",
+            "certificate required",
+            "alert certificate unknown",
+            "alert certificate expired",
+            "alert decrypt error",
+        )
+    ):
         return "the server refused the client certificate"
     return None

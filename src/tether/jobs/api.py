@@ -93,7 +93,10 @@ def _guard(fn: Endpoint) -> Endpoint:
             return _error(422, exc.code.value, exc.message, details, exc.error_name)
         except TetherError as exc:
             return _error(
-                exc.http_status, exc.code.value, exc.message, exc.details,
+                exc.http_status,
+                exc.code.value,
+                exc.message,
+                exc.details,
                 getattr(exc, "error_name", None),
             )
         except JobStoreError as exc:
@@ -119,7 +122,8 @@ def _route(path: str, **handlers: Endpoint) -> Route:
         )
         if handler is None:
             return _error(
-                405, StatusCode.UNIMPLEMENTED.value,
+                405,
+                StatusCode.UNIMPLEMENTED.value,
                 f"method {request.method} not allowed here; use {allowed}",
             )
         return await handler(request)
@@ -377,8 +381,11 @@ class JobsAPI:
                 out = []
                 for c in claims:
                     entry = job_to_wire(c.job, with_lease=True)
-                    jt = self.manager.types.get(c.job.type) if c.job.type in self.manager.types \
+                    jt = (
+                        self.manager.types.get(c.job.type)
+                        if c.job.type in self.manager.types
                         else None
+                    )
                     entry["timeout"] = jt.options.timeout if jt is not None else None
                     out.append(entry)
                 return _json(200, {"jobs": out})
@@ -444,7 +451,8 @@ class JobsAPI:
         """POST /jobs/{id}/mark-cancelled: the worker stopped a cancelled job."""
         body = await self._body(request)
         job = await self.manager.mark_cancelled(
-            request.path_params["job_id"], self._lease_token(body))
+            request.path_params["job_id"], self._lease_token(body)
+        )
         return _json(200, job_to_wire(job))
 
 

@@ -73,11 +73,19 @@ def _submit_body(
 
 
 def _list_path(
-    type: str | None, state: JobState | str | None, queue: str | None, limit: int,
+    type: str | None,
+    state: JobState | str | None,
+    queue: str | None,
+    limit: int,
     cursor: str | None,
 ) -> str:
-    query = {"type": type, "state": None if state is None else JobState(state).value,
-             "queue": queue, "limit": limit, "cursor": cursor}
+    query = {
+        "type": type,
+        "state": None if state is None else JobState(state).value,
+        "queue": queue,
+        "limit": limit,
+        "cursor": cursor,
+    }
     return "/jobs?" + urlencode({k: v for k, v in query.items() if v is not None})
 
 

@@ -275,11 +275,13 @@ class JobManager:
         self, store: JobStore, job_id: str, lease_token: str, exc: JobValidationError
     ) -> InvalidResult:
         """Fail the job with ``processing_error``; return the error to report."""
-        failed = self._finished(await store.fail(
-            job_id,
-            lease_token,
-            {"code": "processing_error", "message": exc.message, "details": exc.details},
-        ))
+        failed = self._finished(
+            await store.fail(
+                job_id,
+                lease_token,
+                {"code": "processing_error", "message": exc.message, "details": exc.details},
+            )
+        )
         return InvalidResult(
             f"{exc.message}; the job failed with processing_error", exc.details, failed
         )
@@ -319,8 +321,7 @@ class JobManager:
                     if job.type in self.types
                     else 1.0
                 )
-        return self._finished(
-            await store.fail(job_id, lease_token, error, retry_delay=delay))
+        return self._finished(await store.fail(job_id, lease_token, error, retry_delay=delay))
 
     async def cancel(self, job_id: str) -> Job:
         """Cancel a job (see ``JobStore.cancel``): ``queued`` ends ``cancelled``,
@@ -374,7 +375,7 @@ async def _open(url: str, options: Mapping[str, Any]) -> JobStore:
     """Open the store ``url`` names, creating a SQLite file's directory; retry a
     SQLite file that another process is creating at the same moment."""
     if url.lower().startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///") :]
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):

@@ -30,7 +30,7 @@ def _lift(schema: dict[str, Any], prefix: str, components: dict[str, Any]) -> di
             for key, value in node.items():
                 if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
                     out[key] = _COMPONENT.format(
-                        name=_component_name(prefix, value[len("#/$defs/"):])
+                        name=_component_name(prefix, value[len("#/$defs/") :])
                     )
                 else:
                     out[key] = rewrite(value)
@@ -171,8 +171,12 @@ def add_jobs_openapi(
             "post": _op(
                 f"jobs.types.{job_type.name}.validate",
                 f"Check parameters and/or a result against the {job_type.name!r} schemas",
-                {"200": {"description": "valid, with the problems found",
-                         "content": _content(_VALIDATION)}},
+                {
+                    "200": {
+                        "description": "valid, with the problems found",
+                        "content": _content(_VALIDATION),
+                    }
+                },
                 body={
                     "type": "object",
                     "properties": {
@@ -197,17 +201,27 @@ def add_jobs_openapi(
         "get": _op(
             "jobs.list",
             "List jobs, newest first",
-            {"200": {"description": "One page", "content": _content({
-                "type": "object",
-                "properties": {
-                    "jobs": {"type": "array", "items": _ref("tether.jobs.Job")},
-                    "next_cursor": {"type": ["string", "null"]},
-                },
-            })}},
+            {
+                "200": {
+                    "description": "One page",
+                    "content": _content(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "jobs": {"type": "array", "items": _ref("tether.jobs.Job")},
+                                "next_cursor": {"type": ["string", "null"]},
+                            },
+                        }
+                    ),
+                }
+            },
             parameters=[
                 _query("type", {"type": "string"}, "only this job type"),
-                _query("state", {"type": "string", "enum": [s.value for s in JobState]},
-                       "only this state"),
+                _query(
+                    "state",
+                    {"type": "string", "enum": [s.value for s in JobState]},
+                    "only this state",
+                ),
                 _query("queue", {"type": "string"}, "only this queue"),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
                 _query("cursor", {"type": "string"}, "next_cursor of the previous page"),
@@ -215,15 +229,22 @@ def add_jobs_openapi(
         ),
     }
     paths[f"{prefix}/types"] = {
-        "get": _op("jobs.types", "The job types and their schemas",
-                   {"200": {"description": "job types", "content": _content({"type": "object"})}})
+        "get": _op(
+            "jobs.types",
+            "The job types and their schemas",
+            {"200": {"description": "job types", "content": _content({"type": "object"})}},
+        )
     }
     paths[f"{prefix}/{{id}}"] = {
         "get": _op("jobs.get", "A job", {"200": _job_response("The job.")}, parameters=[_ID])
     }
     paths[f"{prefix}/{{id}}/cancel"] = {
-        "post": _op("jobs.cancel", "Cancel a job (a running one learns it at its next heartbeat)",
-                    {"200": _job_response("The job.")}, parameters=[_ID])
+        "post": _op(
+            "jobs.cancel",
+            "Cancel a job (a running one learns it at its next heartbeat)",
+            {"200": _job_response("The job.")},
+            parameters=[_ID],
+        )
     }
     paths[f"{prefix}/{{id}}/wait"] = {
         "get": _op(
@@ -242,10 +263,15 @@ def add_jobs_openapi(
             "jobs.claim",
             "Claim jobs with a lease (long poll up to `wait` seconds)",
             {
-                "200": {"description": "Claimed jobs", "content": _content({
-                    "type": "object",
-                    "properties": {"jobs": {"type": "array", "items": CLAIMED_JOB_SCHEMA}},
-                })},
+                "200": {
+                    "description": "Claimed jobs",
+                    "content": _content(
+                        {
+                            "type": "object",
+                            "properties": {"jobs": {"type": "array", "items": CLAIMED_JOB_SCHEMA}},
+                        }
+                    ),
+                },
                 "204": {"description": "Nothing to do."},
             },
             body={
@@ -265,14 +291,24 @@ def add_jobs_openapi(
     lease_ops = {
         "heartbeat": (
             "Renew the lease and report progress; answers whether cancellation was requested",
-            _lease_body({
-                "lease_seconds": {"type": "number"},
-                "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
-                "message": {"type": ["string", "null"]},
-            }),
-            {"200": {"description": "Renewed", "content": _content({
-                "type": "object", "properties": {"cancel_requested": {"type": "boolean"}},
-            })}},
+            _lease_body(
+                {
+                    "lease_seconds": {"type": "number"},
+                    "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+                    "message": {"type": ["string", "null"]},
+                }
+            ),
+            {
+                "200": {
+                    "description": "Renewed",
+                    "content": _content(
+                        {
+                            "type": "object",
+                            "properties": {"cancel_requested": {"type": "boolean"}},
+                        }
+                    ),
+                }
+            },
         ),
         "complete": (
             "Finish a job with its result (422 and processing_error when it does not validate)",
@@ -281,11 +317,13 @@ def add_jobs_openapi(
         ),
         "fail": (
             "Record a failed attempt; retried after the job type's backoff unless retry is false",
-            _lease_body({
-                "error": {"type": "object"},
-                "retry": {"type": "boolean"},
-                "retry_delay": {"type": ["number", "null"], "minimum": 0},
-            }),
+            _lease_body(
+                {
+                    "error": {"type": "object"},
+                    "retry": {"type": "boolean"},
+                    "retry_delay": {"type": ["number", "null"], "minimum": 0},
+                }
+            ),
             {"200": _job_response("The job, queued again or failed.")},
         ),
         "release": (
@@ -301,10 +339,19 @@ def add_jobs_openapi(
     }
     for action, (summary, body, responses) in lease_ops.items():
         paths[f"{prefix}/{{id}}/{action}"] = {
-            "post": _op(f"jobs.{action}", summary, {**responses, "409": {
-                "description": "The lease was lost (aborted).",
-                "content": _content(_ref("Error")),
-            }}, body=body, parameters=[_ID])
+            "post": _op(
+                f"jobs.{action}",
+                summary,
+                {
+                    **responses,
+                    "409": {
+                        "description": "The lease was lost (aborted).",
+                        "content": _content(_ref("Error")),
+                    },
+                },
+                body=body,
+                parameters=[_ID],
+            )
         }
     tags = document.setdefault("tags", [])
     listed = ", ".join(registry.names) or "none"
@@ -338,8 +385,11 @@ def _type_components(job_type: JobType, components: dict[str, Any]) -> dict[str,
             "parameters": _ref(names["parameters"]),
             "queue": {"type": "string", "default": job_type.options.queue},
             "priority": {"type": "integer", "default": job_type.options.priority},
-            "max_attempts": {"type": "integer", "minimum": 1,
-                             "default": job_type.options.max_attempts},
+            "max_attempts": {
+                "type": "integer",
+                "minimum": 1,
+                "default": job_type.options.max_attempts,
+            },
             "run_at": {"type": "string", "format": "date-time"},
             "delay": {"type": "number", "minimum": 0},
             "idempotency_key": {"type": "string"},

@@ -305,8 +305,9 @@ class Worker:
         try:
             await self.backend.release(claimed.job.id, claimed.lease_token)
         except Exception as exc:
-            log.warning("handing back job %s failed: %s (its lease will expire)",
-                        claimed.job.id, exc)
+            log.warning(
+                "handing back job %s failed: %s (its lease will expire)", claimed.job.id, exc
+            )
 
     def _free_slot(self) -> None:
         self._busy -= 1
@@ -466,8 +467,10 @@ class Worker:
             elif outcome.kind == "shutdown":
                 await self.backend.release(job.id, token)
                 log.info("job %s handed back at shutdown", job.id)
-            elif cancel_requested or outcome.kind == "cancelled" or (
-                outcome.kind == "error" and isinstance(outcome.value, JobCancelled)
+            elif (
+                cancel_requested
+                or outcome.kind == "cancelled"
+                or (outcome.kind == "error" and isinstance(outcome.value, JobCancelled))
             ):
                 await self.backend.mark_cancelled(job.id, token)
                 log.info("job %s cancelled", job.id)
@@ -475,26 +478,43 @@ class Worker:
                 try:
                     result = to_jsonable_python(outcome.value, by_alias=True)
                 except PydanticSerializationError as exc:
-                    await self.backend.fail(job.id, token, {
-                        "code": "processing_error",
-                        "message": f"the result is not JSON-serialisable: {exc}",
-                        "details": None,
-                    }, False)
+                    await self.backend.fail(
+                        job.id,
+                        token,
+                        {
+                            "code": "processing_error",
+                            "message": f"the result is not JSON-serialisable: {exc}",
+                            "details": None,
+                        },
+                        False,
+                    )
                     return
                 try:
                     await self._complete(job.id, token, result, job.type)
                 except InvalidResult as exc:
                     log.warning("job %s: invalid result, failed: %s", job.id, exc.message)
             elif outcome.kind == "timeout":
-                await self.backend.fail(job.id, token, {
-                    "code": "deadline_exceeded",
-                    "message": f"the attempt ran past its timeout of {outcome.value} s",
-                    "details": {"timeout": outcome.value, "attempt": job.attempts},
-                }, True)
+                await self.backend.fail(
+                    job.id,
+                    token,
+                    {
+                        "code": "deadline_exceeded",
+                        "message": f"the attempt ran past its timeout of {outcome.value} s",
+                        "details": {"timeout": outcome.value, "attempt": job.attempts},
+                    },
+                    True,
+                )
             elif outcome.kind == "invalid":
-                await self.backend.fail(job.id, token, {
-                    "code": "processing_error", "message": str(outcome.value), "details": None,
-                }, False)
+                await self.backend.fail(
+                    job.id,
+                    token,
+                    {
+                        "code": "processing_error",
+                        "message": str(outcome.value),
+                        "details": None,
+                    },
+                    False,
+                )
             else:
                 # A ServiceError is raised on purpose: retrying would not change it.
                 retry = not isinstance(outcome.value, ServiceError)
@@ -578,10 +598,13 @@ class Worker:
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:
-    return len([
-        p for p in inspect.signature(fn).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ])
+    return len(
+        [
+            p
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+    )
 
 
 def _error_info(exc: BaseException) -> dict[str, Any]:
@@ -592,8 +615,10 @@ def _error_info(exc: BaseException) -> dict[str, Any]:
     return {
         "code": "handler_error",
         "message": f"{type(exc).__name__}: {exc}",
-        "details": {"type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                    "traceback": text[-4000:]},
+        "details": {
+            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "traceback": text[-4000:],
+        },
     }
 
 
@@ -609,4 +634,3 @@ async def _first(*aws: Any) -> None:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-

@@ -93,8 +93,7 @@ class RegistrationAgent:
         self._registry = open_registry(self.registry_url)
         await self._check_health()
         await self._registry.register(self.record(), self.lease_seconds)
-        log.info("registered %s at %s in %s", self.app.instance_id, self.address,
-                 self.registry_url)
+        log.info("registered %s at %s in %s", self.app.instance_id, self.address, self.registry_url)
         self._task = asyncio.create_task(self._heartbeats(), name="tether-heartbeat")
 
     async def _check_health(self) -> None:
@@ -120,12 +119,14 @@ class RegistrationAgent:
                 await self._check_health()
                 try:
                     await self._registry.heartbeat(
-                        self.app.instance_id, health=self.health,
+                        self.app.instance_id,
+                        health=self.health,
                         service_health=self.service_health,
                     )
                 except InstanceNotRegistered:
-                    log.warning("registration of %s was lost; registering again",
-                                self.app.instance_id)
+                    log.warning(
+                        "registration of %s was lost; registering again", self.app.instance_id
+                    )
                     await self._registry.register(self.record(), self.lease_seconds)
             except (RegistryError, OSError) as exc:
                 log.warning("heartbeat to %s failed (will retry): %s", self.registry_url, exc)

@@ -186,7 +186,8 @@ class App:
         """
         prefix = prefix.rstrip("/")
         taken = ("/rpc", "/healthz", "/readyz", "/docs") + (
-            ("/metrics",) if self.metrics is not None else ())
+            ("/metrics",) if self.metrics is not None else ()
+        )
         if not prefix.startswith("/") or prefix in taken:
             raise ValueError(f"cannot mount at {prefix!r}")
         self._mounts.append((prefix, asgi_app))
@@ -202,7 +203,8 @@ class App:
             found += [("POST", f"/rpc/{name}/{m}") for m in spec.methods]
         for prefix, sub in self._mounts:
             listed = getattr(sub, "routes", None) or getattr(
-                getattr(sub, "router", None), "routes", None)
+                getattr(sub, "router", None), "routes", None
+            )
             if not isinstance(listed, list) or not listed:
                 found.append(("*", prefix + "/..."))
                 continue
@@ -267,14 +269,21 @@ class App:
         """
         unknown = set(services or ()) - set(self.dispatcher.services)
         if unknown:
-            raise ValueError(f"health check for unknown services {sorted(unknown)}; "
-                             f"this App hosts {sorted(self.dispatcher.services)}")
+            raise ValueError(
+                f"health check for unknown services {sorted(unknown)}; "
+                f"this App hosts {sorted(self.dispatcher.services)}"
+            )
 
         def decorate(fn: F) -> F:
-            self.health_checks.append(HealthCheck(
-                name or fn.__name__, fn, timeout, cache,
-                tuple(services) if services is not None else None,
-            ))
+            self.health_checks.append(
+                HealthCheck(
+                    name or fn.__name__,
+                    fn,
+                    timeout,
+                    cache,
+                    tuple(services) if services is not None else None,
+                )
+            )
             return fn
 
         return decorate
@@ -328,9 +337,11 @@ class App:
                 operation = document["paths"][f"/rpc/{spec.name}/{method.name}"]["post"]
                 operation["security"] = [{"bearer": sorted(self.auth.required_scopes(method))}]
                 operation["responses"].setdefault(
-                    "401", {"description": "No valid credentials (unauthenticated)."})
+                    "401", {"description": "No valid credentials (unauthenticated)."}
+                )
                 operation["responses"].setdefault(
-                    "403", {"description": "A required scope is missing (permission_denied)."})
+                    "403", {"description": "A required scope is missing (permission_denied)."}
+                )
 
     # -- jobs ---------------------------------------------------------------
 
@@ -468,7 +479,7 @@ class App:
         path: str = scope["path"]
         root = scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):]  # mounted under a prefix
+            path = path[len(root) :]  # mounted under a prefix
         verb: str = scope["method"]
         if self.auth is not None:
             refusal = self.auth.admit(scope, path, verb)
@@ -512,8 +523,9 @@ class App:
             ready, checks = await self.readiness()
             status = "ready" if ready else "not ready"
             services = service_health(self.health_checks, checks, self.dispatcher.services)
-            return _json(200 if ready else 503,
-                         {"status": status, "checks": checks, "services": services})
+            return _json(
+                200 if ready else 503, {"status": status, "checks": checks, "services": services}
+            )
         if path == "/rpc":
             if self._description is None:
                 self._description = to_json(self.describe())

@@ -196,9 +196,7 @@ class Dispatcher:
         now = time.monotonic()
         if header is not None:
             seconds = _header_seconds(header)
-            deadline: float | None = now + (
-                seconds if limit is None or seconds < limit else limit
-            )
+            deadline: float | None = now + (seconds if limit is None or seconds < limit else limit)
         elif limit is not None:
             deadline = now + limit
         else:
@@ -515,9 +513,7 @@ class Dispatcher:
         unexpected ones."""
         if not isinstance(exc, TetherError):
             log.error("unexpected error in %s.%s", service, method, exc_info=exc)
-            details = (
-                {"traceback": traceback.format_exception(exc)} if self.debug else None
-            )
+            details = {"traceback": traceback.format_exception(exc)} if self.debug else None
             exc = TetherError(
                 f"{service}.{method} failed unexpectedly ({type(exc).__name__})"
                 + (f": {exc}" if self.debug else "; the server log has the traceback"),
@@ -541,9 +537,9 @@ def error_response(exc: TetherError, codec: Codec = Codec.JSON) -> Response:
 
 def _error_codec(headers: Mapping[str, str]) -> Codec:
     try:
-        return codec_for_accept(headers.get("accept"), codec_for_content_type(
-            headers.get("content-type")
-        ))
+        return codec_for_accept(
+            headers.get("accept"), codec_for_content_type(headers.get("content-type"))
+        )
     except TetherError:
         return Codec.JSON
 

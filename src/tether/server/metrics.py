@@ -58,8 +58,22 @@ CONTENT_TYPE: str = getattr(
 #: Upper bounds (seconds) of the call-duration histogram buckets: in-process
 #: calls take tens of microseconds, HTTP calls hundreds.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 #: The label value of a service or method the App does not host.
@@ -185,7 +199,8 @@ class CallMetrics:
     def _families() -> tuple[CounterMetricFamily, HistogramMetricFamily, GaugeMetricFamily]:
         return (
             CounterMetricFamily(
-                "tether_calls", "RPC calls answered, by status code (ok or the error code).",
+                "tether_calls",
+                "RPC calls answered, by status code (ok or the error code).",
                 labels=["service", "method", "code"],
             ),
             HistogramMetricFamily(
@@ -216,13 +231,16 @@ class JobMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._submitted = Counter(
-            "tether_jobs_submitted", "Jobs submitted, by job type.", ["type"],
+            "tether_jobs_submitted",
+            "Jobs submitted, by job type.",
+            ["type"],
             registry=registry,
         )
         self._completed = Counter(
             "tether_jobs_completed",
             "Jobs that reached a final state (succeeded, failed, cancelled), by job type.",
-            ["type", "state"], registry=registry,
+            ["type", "state"],
+            registry=registry,
         )
 
     def submitted(self, job: Job) -> None:

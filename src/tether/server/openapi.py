@@ -61,8 +61,10 @@ def openapi_document(
             for err in m.errors:
                 responses.setdefault(
                     str(HTTP_STATUS[err.code]),
-                    {"description": f"{err.error_name} ({err.code.value})",
-                     "content": _content(error_ref)},
+                    {
+                        "description": f"{err.error_name} ({err.code.value})",
+                        "content": _content(error_ref),
+                    },
                 )
             paths[f"/rpc/{svc.name}/{m.name}"] = {
                 "post": {

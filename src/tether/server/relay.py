@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tether.relay")
 
+
 class RelayServer:
     """Serves an App's services through NATS.
 
@@ -147,7 +148,9 @@ class RelayServer:
             raise
         log.info(
             "relay: serving %s as instance %s through %s",
-            ", ".join(self.app.services), self.instance_id, self.url,
+            ", ".join(self.app.services),
+            self.instance_id,
+            self.url,
         )
 
     async def stop(self) -> None:
@@ -199,11 +202,13 @@ class RelayServer:
         headers = {k.lower(): v for k, v in (msg.headers or {}).items()}
         limit = self.app.max_body_size
         if len(msg.data) > limit:
-            response = error_response(TetherError(
-                f"request body larger than the limit of {limit} bytes",
-                code=StatusCode.RESOURCE_EXHAUSTED,
-                http_status=413,
-            ))
+            response = error_response(
+                TetherError(
+                    f"request body larger than the limit of {limit} bytes",
+                    code=StatusCode.RESOURCE_EXHAUSTED,
+                    http_status=413,
+                )
+            )
         else:
             response = await self.app.dispatcher.dispatch(service, method, msg.data, headers)
         await self._reply(msg.reply, response, headers.get(REQUEST_ID_HEADER))
@@ -219,14 +224,16 @@ class RelayServer:
             try:
                 await nc.publish(subject, response.body, headers=reply_headers)
             except nats.errors.MaxPayloadError:
-                too_big = error_response(TetherError(
-                    f"the result of {len(response.body)} bytes is larger than NATS accepts "
-                    f"(max_payload {nc.max_payload} bytes)",
-                    code=StatusCode.RESOURCE_EXHAUSTED,
-                ))
-                reply_headers.update({
-                    STATUS_HEADER: str(too_big.status), "content-type": too_big.content_type
-                })
+                too_big = error_response(
+                    TetherError(
+                        f"the result of {len(response.body)} bytes is larger than NATS accepts "
+                        f"(max_payload {nc.max_payload} bytes)",
+                        code=StatusCode.RESOURCE_EXHAUSTED,
+                    )
+                )
+                reply_headers.update(
+                    {STATUS_HEADER: str(too_big.status), "content-type": too_big.content_type}
+                )
                 await nc.publish(subject, too_big.body, headers=reply_headers)
         except nats.errors.Error as exc:
             log.warning("relay: could not send a reply: %s: %s", type(exc).__name__, exc)

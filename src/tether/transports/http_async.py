@@ -53,8 +53,14 @@ class AsyncHTTPTransport:
         return self._session
 
     async def request(
-        self, verb: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
-        *, idempotent: bool = False,
+        self,
+        verb: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+        *,
+        idempotent: bool = False,
     ) -> RawResponse:
         """Send one HTTP request to ``base URL + path`` and read the whole answer.
 

@@ -149,7 +149,9 @@ class SyncHTTPTransport:
             if not all(c in _PATH_SAFE for c in full):
                 full = quote(full, safe="/%")
             line = b"%s %s HTTP/1.1\r\nhost: %s\r\n" % (
-                verb.encode("ascii"), full.encode("ascii"), self._host_header
+                verb.encode("ascii"),
+                full.encode("ascii"),
+                self._host_header,
             )
             if len(self._lines) >= 1024:
                 self._lines.clear()
@@ -157,8 +159,14 @@ class SyncHTTPTransport:
         return line
 
     def request(
-        self, verb: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
-        *, idempotent: bool = False,
+        self,
+        verb: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+        *,
+        idempotent: bool = False,
     ) -> RawResponse:
         """Send one HTTP request to ``base URL + path`` and read the whole answer.
 
@@ -308,7 +316,7 @@ def _read_response(
             status = int(status_line[9:12])
         except ValueError:
             raise ProtocolError(f"bad status line: {status_line[:80]!r}") from None
-        buf = buf[end + 4:]
+        buf = buf[end + 4 :]
         if 100 <= status < 200 and status != 101:
             continue  # an interim response (100 Continue, 103 Early Hints): the real one follows
         break
@@ -405,7 +413,7 @@ def _read_chunked(sock: socket.socket, buf: bytes, deadline: float) -> tuple[byt
                 pass
             return b"".join(chunks), buf[pos:]
         fill(size + 2)
-        chunks.append(buf[pos:pos + size])
-        if buf[pos + size:pos + size + 2] != b"\r\n":
+        chunks.append(buf[pos : pos + size])
+        if buf[pos + size : pos + size + 2] != b"\r\n":
             raise ProtocolError("a chunk does not end with CRLF")
         pos += size + 2

@@ -64,8 +64,14 @@ class SyncIntegratedTransport:
         return self.app.dispatcher.invoke_local(spec, arguments, headers, self._run_async)
 
     def request(
-        self, verb: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
-        *, idempotent: bool = False,
+        self,
+        verb: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+        *,
+        idempotent: bool = False,
     ) -> RawResponse:
         """Send one HTTP request to the App's ASGI interface in-process (the
         routes besides RPC calls, e.g. the jobs API), on the client's loop thread.
@@ -127,7 +133,12 @@ class AsyncIntegratedTransport:
             ) from None
 
     async def request(
-        self, verb: str, path: str, body: bytes | None, headers: Mapping[str, str], timeout: float,
+        self,
+        verb: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
     ) -> RawResponse:
         """Send one HTTP request to the App's ASGI interface in-process; see
         :meth:`SyncIntegratedTransport.request`."""
@@ -138,7 +149,11 @@ class AsyncIntegratedTransport:
 
 
 async def asgi_request(
-    app: App, verb: str, path: str, body: bytes | None, headers: Mapping[str, str],
+    app: App,
+    verb: str,
+    path: str,
+    body: bytes | None,
+    headers: Mapping[str, str],
     timeout: float,
 ) -> RawResponse:
     """Run one HTTP request through ``app`` as an ASGI server would, without a socket.

@@ -177,8 +177,9 @@ class AsyncNatsTransport:
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise DeadlineExceeded(f"no answer from {self._target(service, method)} "
-                                       f"within {timeout:.3f} s")
+                raise DeadlineExceeded(
+                    f"no answer from {self._target(service, method)} within {timeout:.3f} s"
+                )
             try:
                 msg = await self._attempt(service, method, body, headers, remaining, idempotent)
                 return _raw(msg)
@@ -215,9 +216,9 @@ class AsyncNatsTransport:
                 return await nc.request(subject, body, timeout=remaining, headers=sent)
             return await self._idempotent_request(nc, subject, body, sent, remaining)
         except nats.errors.NoRespondersError:
-            raise _Retryable(Unavailable(
-                f"no instance serves {self._target(service, method)}", {"sent": False}
-            )) from None
+            raise _Retryable(
+                Unavailable(f"no instance serves {self._target(service, method)}", {"sent": False})
+            ) from None
         except nats.errors.TimeoutError:
             raise DeadlineExceeded(
                 f"no answer from {self._target(service, method)} within {remaining:.3f} s"
@@ -230,10 +231,12 @@ class AsyncNatsTransport:
                 http_status=413,
             ) from None
         except nats.errors.OutboundBufferLimitError:
-            raise _Retryable(Unavailable(
-                f"the connection to NATS at {self.url} is down and its buffer is full",
-                {"sent": False},
-            )) from None
+            raise _Retryable(
+                Unavailable(
+                    f"the connection to NATS at {self.url} is down and its buffer is full",
+                    {"sent": False},
+                )
+            ) from None
         except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
             raise Unavailable(
                 f"the connection to NATS at {self.url} is closed", {"sent": False}
@@ -255,9 +258,9 @@ class AsyncNatsTransport:
                 async with asyncio.timeout(remaining):
                     await self._up.wait()
             except TimeoutError:
-                raise _Retryable(Unavailable(
-                    f"the connection to NATS at {self.url} is down", {"sent": False}
-                )) from None
+                raise _Retryable(
+                    Unavailable(f"the connection to NATS at {self.url} is down", {"sent": False})
+                ) from None
         lost = self._lost
         assert lost is not None
         left = remaining - (loop.time() - started)
@@ -270,9 +273,11 @@ class AsyncNatsTransport:
         finally:
             if not request.done():  # the connection dropped, or this call was cancelled
                 request.cancel()
-        raise _Retryable(Unavailable(
-            f"the connection to NATS at {self.url} broke during the call", {"sent": True}
-        ))
+        raise _Retryable(
+            Unavailable(
+                f"the connection to NATS at {self.url} broke during the call", {"sent": True}
+            )
+        )
 
     async def close(self) -> None:
         """Close the NATS connection; later calls raise Unavailable."""

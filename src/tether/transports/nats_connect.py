@@ -265,8 +265,10 @@ async def connect(
         return client
     attempt.cancel()
     await _abandon(client, attempt)
-    cause: BaseException | None = fatal.result() if fatal.done() and not fatal.cancelled() else (
-        attempt.exception() if attempt.done() and not attempt.cancelled() else None
+    cause: BaseException | None = (
+        fatal.result()
+        if fatal.done() and not fatal.cancelled()
+        else (attempt.exception() if attempt.done() and not attempt.cancelled() else None)
     )
     if cause is not None and _auth_failure(cause):
         raise TetherError(
