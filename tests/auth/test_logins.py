@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -123,6 +124,27 @@ def test_password_guessing_is_limited_per_user() -> None:
     assert attempt(app, "bob", "bob-password-123", "10.0.0.1").status == 200  # others may
     clock.now += 12  # 60 s / 5 attempts: one attempt back
     assert attempt(app, "alice", PASSWORD, "10.9.9.9").status == 200
+
+
+def test_concurrent_guesses_do_not_outrun_the_limit() -> None:
+    """Thirty guesses at once: five passwords are checked, the rest wait."""
+    app = make_app(clock=FakeClock())
+
+    async def burst() -> list[Answer]:
+        guesses = [
+            request(
+                app,
+                "POST",
+                "/auth/login",
+                client=f"10.1.0.{i}",
+                body={"username": "alice", "password": f"guess-{i}"},
+            )
+            for i in range(30)
+        ]
+        return await asyncio.gather(*guesses)
+
+    statuses = sorted(answer.status for answer in run(burst()))
+    assert statuses == [401] * 5 + [429] * 25
 
 
 def test_password_guessing_is_limited_per_address() -> None:

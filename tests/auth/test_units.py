@@ -125,17 +125,24 @@ def test_access_tokens_carry_the_claims() -> None:
 def test_the_limiter_is_a_token_bucket() -> None:
     now = [0.0]
     limiter = LoginLimiter(Limit(2, 10.0), Limit(100, 10.0), clock=lambda: now[0])
-    limiter.check("u", "a")
-    limiter.failed("u", "a")
-    limiter.failed("u", "a")
+    limiter.reserve("u", "a")
+    limiter.refund("u", "a")  # a right password costs nothing
+    limiter.reserve("u", "a")
+    limiter.reserve("u", "a")
     with pytest.raises(TooManyAttempts) as limited:
-        limiter.check("u", "a")
+        limiter.reserve("u", "a")
     assert limited.value.details == {"retry_after": 5}
     now[0] = 5.0  # 2 per 10 s: one back after 5 s
-    limiter.check("u", "a")
-    limiter.failed("u", "a")
+    limiter.reserve("u", "a")
     with pytest.raises(TooManyAttempts):
-        limiter.check("u", None)
+        limiter.reserve("u", None)
+    limiter.refund("u", None)
+    limiter.refund("u", None)
+    limiter.refund("u", None)  # never above full
+    limiter.reserve("u", None)
+    limiter.reserve("u", None)
+    with pytest.raises(TooManyAttempts):
+        limiter.reserve("u", None)
     with pytest.raises(ValueError):
         Limit(0, 1.0)
 

@@ -318,17 +318,16 @@ class Authenticator:
             AuthenticationFailed: ``refused="user"`` (unknown user) or
                 ``refused="password"`` (wrong password).
         """
-        self.limiter.check(username, address)
+        self.limiter.reserve(username, address)
         user = self.store.user(username)
         if user is None:
-            self.limiter.failed(username, address)
             log.info("login refused from %s: unknown user", address)
             raise AuthenticationFailed(f"user {username!r} is not known here", refused="user")
         hasher = self.store.hasher
         if not verify_password(user.password_hash, password, hasher):
-            self.limiter.failed(username, address)
             log.info("login refused from %s: wrong password for %r", address, username)
             raise AuthenticationFailed(f"wrong password for user {username!r}", refused="password")
+        self.limiter.refund(username, address)
         if needs_rehash(user.password_hash, hasher):
             self.store.set_password_hash(username, hash_password(password, hasher))
         session, refresh = self.store.start_session(

@@ -1,12 +1,14 @@
 """Login rate limiting: a token bucket per user and one per client address.
 
 The token bucket (Turner, 1986; as in RFC 2697's meters): a bucket holds up
-to ``attempts`` tokens and refills at ``attempts / per`` tokens a second. A
-failed login takes a token from the user's bucket and from the address's;
-a login is refused, before the password is checked, while either bucket
-holds less than one token. So a user allows ``attempts`` failures in a
-burst, then one every ``per / attempts`` seconds; a correct password never
-costs a token. State is per process (each uvicorn worker limits on its own).
+to ``attempts`` tokens and refills at ``attempts / per`` tokens a second.
+Every login attempt reserves a token from the user's bucket and from the
+address's *before* the password is checked, atomically, so concurrent
+guesses cannot all pass the check at once; a login is refused while either
+bucket holds less than one token, and a correct password gives its tokens
+back. So a user allows ``attempts`` failures in a burst, then one every
+``per / attempts`` seconds; a correct password never costs a token. State is
+per process (each uvicorn worker limits on its own).
 """
 
 from __future__ import annotations
@@ -51,12 +53,13 @@ class _Buckets:
             return 0.0
         return (1 - level) * self.limit.per / self.limit.attempts
 
-    def take(self, key: str) -> None:
+    def take(self, key: str, amount: float = 1.0) -> None:
+        """Remove ``amount`` tokens (a negative amount gives them back, up to full)."""
         now = self._clock()
         level = self._level(key, now)
         if len(self._state) >= self._max_keys:
             self._prune(now)
-        self._state[key] = (max(0.0, level - 1), now)
+        self._state[key] = (min(float(self.limit.attempts), max(0.0, level - amount)), now)
 
     def _prune(self, now: float) -> None:
         full = [k for k in self._state if self._level(k, now) >= self.limit.attempts]
@@ -89,23 +92,32 @@ class LoginLimiter:
         self._addresses = _Buckets(per_address, clock, max_keys)
         self._lock = threading.Lock()
 
-    def check(self, user: str, address: str | None) -> None:
-        """Refuse a login attempt while the user's or address's bucket is empty.
+    def reserve(self, user: str, address: str | None) -> None:
+        """Take a token for a login attempt, or refuse it while a bucket is empty.
+
+        Call before checking the password; call :meth:`refund` when the
+        password was right. The check and the take happen under one lock, so
+        concurrent attempts for one user never exceed its bucket.
 
         Raises:
-            TooManyAttempts: ``details={"retry_after": whole seconds}``.
+            TooManyAttempts: ``details={"retry_after": whole seconds}``; no
+                token was taken.
         """
         with self._lock:
             wait = max(self._users.wait(user), self._addresses.wait(address) if address else 0.0)
-        if wait > 0:
-            seconds = max(1, math.ceil(wait))
-            raise TooManyAttempts(
-                f"too many failed logins; try again in {seconds} s", {"retry_after": seconds}
-            )
+            if wait <= 0:
+                self._users.take(user)
+                if address:
+                    self._addresses.take(address)
+                return
+        seconds = max(1, math.ceil(wait))
+        raise TooManyAttempts(
+            f"too many failed logins; try again in {seconds} s", {"retry_after": seconds}
+        )
 
-    def failed(self, user: str, address: str | None) -> None:
-        """Record a failed attempt against the user and the address."""
+    def refund(self, user: str, address: str | None) -> None:
+        """Give back the tokens that :meth:`reserve` took (the login succeeded)."""
         with self._lock:
-            self._users.take(user)
+            self._users.take(user, -1.0)
             if address:
-                self._addresses.take(address)
+                self._addresses.take(address, -1.0)
