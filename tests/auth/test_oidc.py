@@ -29,6 +29,8 @@ class Provider:
     def __init__(self) -> None:
         self.keys: dict[str, Any] = {}
         self.fetches = 0
+        self.delay = 0.0  # seconds the JWKS endpoint waits before answering
+        self.broken = False  # the JWKS endpoint answers 503
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -38,6 +40,10 @@ class Provider:
                     body = {"issuer": provider.issuer, "jwks_uri": provider.issuer + "/jwks"}
                 elif self.path == "/jwks":
                     provider.fetches += 1
+                    time.sleep(provider.delay)
+                    if provider.broken:
+                        self.send_error(503)
+                        return
                     body = {"keys": [provider.public_jwk(k) for k in provider.keys]}
                 else:
                     self.send_error(404)
@@ -172,6 +178,38 @@ def test_key_rotation_refetches_but_not_for_every_unknown_kid(idp: Provider) -> 
         with pytest.raises(AuthenticationFailed, match="signing key"):
             throttled.verify(bogus)
     assert idp.fetches == before
+
+
+def test_a_slow_or_broken_provider_neither_stalls_calls_nor_is_hammered() -> None:
+    idp = Provider()
+    try:
+        oidc = OIDCProvider(idp.issuer, "vault-api", cache_seconds=0.0, min_refetch=1.0)
+        oidc.refresh_keys()
+        token = idp.token()
+        idp.delay = 5.0
+        idp.broken = True
+        time.sleep(1.1)  # past min_refetch: the next lookup may fetch again
+        start = time.monotonic()
+        for _ in range(10):  # the cache is stale every time, the cached key still serves
+            assert oidc.verify(token).subject == "user-42"
+        assert time.monotonic() - start < 2.5, "a stale key lookup waited for the provider"
+        bogus = idp.token("rsa-1", sub="x")
+        unknown = jwt.encode(
+            jwt.decode(bogus, options={"verify_signature": False}),
+            idp.keys["rsa-1"],
+            algorithm="RS256",
+            headers={"kid": "rotated"},
+        )
+        for _ in range(5):
+            with pytest.raises(AuthenticationFailed, match="signing key"):
+                oidc.verify(unknown)
+        deadline = time.monotonic() + 10
+        while idp.fetches < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the one background refetch reaches the provider
+        time.sleep(0.2)
+        assert idp.fetches == 2  # the first fetch, then one background try: no retry storm
+    finally:
+        idp.close()
 
 
 def test_an_app_accepts_oidc_tokens(idp: Provider) -> None:

@@ -6,15 +6,19 @@ Discovery 1.0 (``{issuer}/.well-known/openid-configuration``) unless given.
 Each token's ``kid`` picks the key; signature, ``iss``, ``aud``, ``exp``
 (and ``nbf``, ``iat``) are checked by PyJWT.
 
-Keys are cached: refetched when older than ``cache_seconds``, or when a
-token names an unknown ``kid`` (key rotation), at most once every
-``min_refetch`` seconds so that forged ``kid`` values cannot make the
-server hammer the provider. The App fetches the keys at start-up (in a
-thread); a later fetch happens in the calling thread, bounded by ``timeout``.
+Keys are cached. The App fetches them at start-up (in a thread). Keys older
+than ``cache_seconds`` are refetched in a background thread while the cached
+ones keep serving, so a slow or unreachable provider never stalls a call
+whose key is known. A token naming an unknown ``kid`` (key rotation) makes
+the calling thread fetch the keys, bounded by ``timeout``. Fetches of either
+kind start at most once every ``min_refetch`` seconds, counted from the last
+attempt whether it succeeded or not, so forged ``kid`` values or a provider
+that is down cannot make the server hammer it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -79,8 +83,10 @@ class OIDCProvider:
         self.timeout = timeout
         self._static = jwks is not None
         self._keys: dict[str | None, jwt.PyJWK] = {}
-        self._fetched_at = -1e18
+        self._fetched_at = -1e18  # monotonic time of the last successful fetch
+        self._attempted_at = -1e18  # ... and of the last attempt, successful or not
         self._lock = threading.Lock()
+        self._background: threading.Thread | None = None
         if jwks is not None:
             self._keys = _parse_jwks(dict(jwks))
 
@@ -96,6 +102,8 @@ class OIDCProvider:
         """
         if self._static:
             return
+        with self._lock:
+            self._attempted_at = time.monotonic()
         url = self.jwks_url
         if url is None:
             config = _get_json(
@@ -108,12 +116,30 @@ class OIDCProvider:
             self._keys = keys
             self._fetched_at = time.monotonic()
 
+    def _may_fetch(self, now: float) -> bool:
+        return not self._static and now - self._attempted_at > self.min_refetch
+
+    def _refresh_in_background(self) -> None:
+        with self._lock:
+            if self._background is not None and self._background.is_alive():
+                return
+            self._attempted_at = time.monotonic()  # no second thread meanwhile
+            self._background = threading.Thread(
+                target=self._refresh_quietly, name="tether-oidc-jwks", daemon=True
+            )
+            self._background.start()
+
+    def _refresh_quietly(self) -> None:
+        # The cached keys keep serving; the next stale lookup tries again.
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            self.refresh_keys()
+
     def _key_for(self, kid: str | None) -> jwt.PyJWK:
         now = time.monotonic()
-        stale = now - self._fetched_at > self.cache_seconds
-        if not self._static and (
-            stale or (kid not in self._keys and now - self._fetched_at > self.min_refetch)
-        ):
+        known = kid in self._keys or (kid is None and len(self._keys) == 1)
+        if known and now - self._fetched_at > self.cache_seconds and self._may_fetch(now):
+            self._refresh_in_background()
+        elif not known and self._may_fetch(now):
             try:
                 self.refresh_keys()
             except (OSError, ValueError, KeyError) as exc:
@@ -126,6 +152,12 @@ class OIDCProvider:
         if key is None and kid is None and len(self._keys) == 1:
             key = next(iter(self._keys.values()))
         if key is None:
+            if not self._keys and not self._static:
+                raise AuthenticationFailed(
+                    f"cannot fetch the signing keys of {self.issuer} (tried less than "
+                    f"{self.min_refetch:g} s ago)",
+                    refused="token",
+                )
             raise AuthenticationFailed(
                 f"the token's signing key is not one {self.issuer} publishes", refused="token"
             )
