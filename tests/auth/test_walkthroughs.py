@@ -1,16 +1,19 @@
 """The README's Security walk-throughs, run against `tether serve` over TLS.
 
 The commands run as the README shows them, from the directory holding the
-certificates (the trustme PKI), with only the port changed.
+certificates (the trustme PKI), with only the port changed. Commands that ask
+for a password run on a pseudo-terminal (pexpect), where they prompt for it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pexpect
 import pytest
 
 import tether
@@ -18,7 +21,28 @@ from tests.auth.conftest import PKI, SecureServer, TLSServer
 from tether.auth import AuthenticationFailed, PermissionDenied
 from tether.settings import Settings
 
-WALKER_PASSWORD = "walk-the-line-42"
+CAROL_PASSWORD = "walk-the-line-42"
+TETHER = shutil.which("tether", path=str(Path(sys.executable).parent)) or "tether"
+
+
+def tether_tty(
+    args: list[str], env: dict[str, str], cwd: Path, prompts: list[tuple[str, str]]
+) -> tuple[int, str]:
+    """Run the ``tether`` command on a pseudo-terminal, answering ``prompts``
+    (a regular expression to wait for, the line to type) in order.
+
+    Returns:
+        The exit status and everything the command printed.
+    """
+    child = pexpect.spawn(TETHER, args, env=env, cwd=str(cwd), encoding="utf-8", timeout=60)
+    try:
+        for pattern, answer in prompts:
+            child.expect(pattern)
+            child.sendline(answer)
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    return int(child.exitstatus if child.exitstatus is not None else -1), str(child.before)
 
 
 def tether_cli(
@@ -51,35 +75,27 @@ def test_1_a_user_with_a_password(
     env: dict[str, str], pki: PKI, secure: SecureServer, client: tether.Client
 ) -> None:
     url = secure.url
-    added = tether_cli(
-        [
-            "auth",
-            "add-user",
-            "walker",
-            "--scope",
-            "inventory.read",
-            "--scope",
-            "inventory.write",
-            "--password-stdin",
-        ],
+    status, shown = tether_tty(
+        ["auth", "add-user", "carol", "--scope", "inventory.read", "--scope", "inventory.write"],
         env,
         pki.dir,
-        WALKER_PASSWORD,
+        [("password for carol", CAROL_PASSWORD), ("again", CAROL_PASSWORD)],
     )
-    assert added.returncode == 0, added.stderr
-    login = tether_cli(
-        ["login", url, "--username", "walker", "--ca", "ca.pem", "--password-stdin"],
+    assert status == 0, shown
+    status, shown = tether_tty(
+        ["login", url, "--username", "carol", "--ca", "ca.pem"],
         env,
         pki.dir,
-        WALKER_PASSWORD + "\n",
+        [(f"password for carol at {url}", CAROL_PASSWORD)],
     )
-    assert login.returncode == 0, login.stderr
-    assert "logged in" in login.stdout and "walker" in login.stdout
+    assert status == 0, shown
+    assert "logged in" in shown and "carol" in shown
+    assert CAROL_PASSWORD not in shown  # getpass does not echo it
     got = tether_cli(["call", url, "inventory.get", "name=r1"], env, pki.dir)
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["name"] == "r1"
     me = tether_cli(["whoami", url], env, pki.dir)
-    assert json.loads(me.stdout)["subject"] == "walker", me.stderr
+    assert json.loads(me.stdout)["subject"] == "carol", me.stderr
     described = tether_cli(["describe", url, "inventory"], env, pki.dir)
     assert described.returncode == 0 and "inventory" in described.stdout
     out = tether_cli(["logout", url], env, pki.dir)
@@ -87,8 +103,8 @@ def test_1_a_user_with_a_password(
     after = tether_cli(["call", url, "inventory.get", "name=r1"], env, pki.dir)
     assert after.returncode == 1 and "unauthenticated" in after.stderr
 
-    wrong = tether_cli(
-        ["login", url, "--username", "walker", "--ca", "ca.pem", "--password-stdin"],
+    wrong = tether_cli(  # --password-stdin, as a script would log in
+        ["login", url, "--username", "carol", "--ca", "ca.pem", "--password-stdin"],
         env,
         pki.dir,
         "not-it\n",
@@ -101,7 +117,7 @@ def test_1_a_user_with_a_password(
 
     with client:
         inventory = client.connect(
-            url, username="walker", password=WALKER_PASSWORD, ca="ca.pem"
+            url, username="carol", password=CAROL_PASSWORD, ca="ca.pem"
         ).proxy(Inventory)
         assert inventory.get("r1").name == "r1"
     with tether.Client(settings=client.settings) as again:
@@ -140,6 +156,13 @@ def test_2_an_api_key(
     assert json.loads(curl.stdout)["name"] == "r1", curl.stderr
     pin = tether_cli(["auth", "fingerprint", "server.pem"], env, pki.dir).stdout.strip()
     assert len(pin) == 64
+    stored = tether_cli(
+        ["login", url, "--api-key-stdin", "--pin-sha256", pin], env, pki.dir, key + "\n"
+    )
+    assert stored.returncode == 0 and "ci-bot" in stored.stdout, stored.stderr
+    listed = tether_cli(["call", url, "inventory.list"], env, pki.dir)
+    assert listed.returncode == 0 and "r1" in listed.stdout, listed.stderr
+    assert key not in stored.stdout + stored.stderr
 
     from examples.inventory.service import Inventory
 

@@ -67,11 +67,13 @@ def _explain(exc: TetherError, cert_used: bool = False) -> TetherError:
     return exc
 
 
-def _read_password(username: str, url: str, from_stdin: bool) -> str:
+def _read_password(username: str, url: str, from_stdin: bool, confirm: bool = False) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {username} at {url}: ")
+        if confirm and password and getpass.getpass("the same password again: ") != password:
+            raise typer.BadParameter("the two passwords differ")
     else:
         raise typer.BadParameter("no terminal to ask for the password on; use --password-stdin")
     if not password:
@@ -85,7 +87,16 @@ def login(
         str | None, typer.Option(help="Log in as this user (asks for the password).")
     ] = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
-    api_key: Annotated[str | None, typer.Option(help="Store this API key instead.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Store this API key instead (visible to ps and shell history: "
+            "prefer --api-key-stdin)."
+        ),
+    ] = None,
+    api_key_stdin: Annotated[
+        bool, typer.Option(help="Read the API key to store from stdin.")
+    ] = False,
     cert: Annotated[
         Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")
     ] = None,
@@ -110,6 +121,12 @@ def login(
     from tether.settings import get_settings
 
     settings = get_settings()
+    if api_key_stdin:
+        if api_key is not None:
+            raise typer.BadParameter("give --api-key or --api-key-stdin, not both")
+        api_key = sys.stdin.readline().strip()
+        if not api_key:
+            raise typer.BadParameter("no API key on stdin")
     certificate: tuple[Path, Path] | Path | None = (cert, key) if cert and key else cert
     try:
         if api_key is not None or (certificate is not None and username is None):
@@ -272,10 +289,13 @@ def add_user(
     password_stdin: Annotated[bool, typer.Option(help="Read the password from stdin.")] = False,
     store: StoreOption = None,
 ) -> None:
-    """Add a user (or set an existing user's password and scopes)."""
+    """Add a user (or set an existing user's password and scopes).
+
+    Asks for the password twice on a terminal; --password-stdin reads it once.
+    """
     from tether.cli.output import out
 
-    password = _read_password(name, "this server", password_stdin)
+    password = _read_password(name, "this server", password_stdin, confirm=True)
     _store(store).add_user(name, password, scope or [])
     out.print(f"user {name} saved (scopes: {', '.join(scope or []) or 'none'})", highlight=False)
 
