@@ -172,7 +172,7 @@ def test_nats_restart_loses_no_idempotent_call(
 def test_relay_server_in_process(nats_url: str, run_async: RunAsync[Any]) -> None:
     """serve_relay-style use from Python: start, serve, stop; stopped means no responders."""
     relay = RelayServer(relayed_app, nats_url, instance_id="in-process-1")
-    assert ("tether.inst.in-process-1.>", None) in relay.subjects
+    assert ("tether.inst.in-process-1.>", "inst.in-process-1") in relay.subjects
     run_async(relay.start())
     try:
         with tether.Client(timeout=5) as client:

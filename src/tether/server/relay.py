@@ -3,14 +3,16 @@
 :class:`RelayServer` subscribes each hosted service on
 ``tether.rpc.{service}.*`` with queue group ``{service}`` (NATS hands each
 call to one instance), and the instance on ``tether.inst.{instance_id}.>``
-(``tether.inst.{instance_id}.{service}.{method}``: this instance only, where
-an unknown service is answered ``unimplemented`` as over HTTP; on
-``tether.rpc`` an unknown service has no responders, so the caller gets
-``unavailable``). A request's NATS headers become the same lower-case
-header mapping HTTP gives the dispatcher, so validation, deadlines, errors
-and authorization are exactly those of HTTP; the reply carries the HTTP
-status in ``tether-status``. nats-py reconnects by itself after a NATS
-restart and subscribes again.
+with queue group ``inst.{instance_id}`` (``tether.inst.{instance_id}.{service}.{method}``:
+this instance only, where an unknown service is answered ``unimplemented`` as
+over HTTP; on ``tether.rpc`` an unknown service has no responders, so the
+caller gets ``unavailable``). The instance's queue group makes processes that
+share an instance id (``App(instance_id=...)`` served with ``--workers N``)
+split its calls instead of each running every one. A request's NATS headers
+become the same lower-case header mapping HTTP gives the dispatcher, so
+validation, deadlines, errors and authorization are exactly those of HTTP;
+the reply carries the HTTP status in ``tether-status``. nats-py reconnects by
+itself after a NATS restart and subscribes again.
 
 Hook it to an App with :func:`serve_relay` (start-up and shutdown hooks), or
 run only the relay with :func:`run_relay` (``tether serve --relay URL --no-http``).
@@ -40,6 +42,7 @@ from tether.transports.nats_connect import (
     check_token,
     close_quietly,
     connect,
+    permission_violation,
 )
 
 if TYPE_CHECKING:
@@ -91,25 +94,27 @@ class RelayServer:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._denied: list[str] | None = None  # permission errors, collected during start()
 
     def __repr__(self) -> str:
         state = "serving" if self._subscriptions else "stopped"
         return f"<RelayServer {self.url} instance={self.instance_id} {state}>"
 
     @property
-    def subjects(self) -> list[tuple[str, str | None]]:
-        """``(subject, queue group or None)`` for every subscription this relay makes.
+    def subjects(self) -> list[tuple[str, str]]:
+        """``(subject, queue group)`` for every subscription this relay makes.
 
         Raises:
             ValueError: a service or method name cannot be a subject token.
         """
-        out: list[tuple[str, str | None]] = []
+        out: list[tuple[str, str]] = []
         for service, spec in sorted(self.app.dispatcher.services.items()):
             check_token("service name", service)
             for name in spec.methods:
                 check_token(f"method name of {service}", name)
             out.append((f"{RPC_PREFIX}.{service}.*", service))
-        out.append((f"{INSTANCE_PREFIX}.{self.instance_id}.>", None))
+        # A queue group here too: processes sharing an instance id run each call once.
+        out.append((f"{INSTANCE_PREFIX}.{self.instance_id}.>", f"inst.{self.instance_id}"))
         return out
 
     async def start(self) -> None:
@@ -117,35 +122,54 @@ class RelayServer:
 
         Raises:
             Unavailable: NATS refused or did not answer within ``connect_timeout``.
-            TetherError: ``unauthenticated`` when NATS rejected the credentials.
+            TetherError: ``unauthenticated`` when NATS rejected the credentials;
+                ``permission_denied`` when NATS refused one of the subscriptions
+                (the NATS user may not subscribe to ``tether.rpc.>`` or
+                ``tether.inst.>``).
             ValueError: a name cannot be a subject token, or a TLS file is unreadable.
         """
         if self._nc is not None:
             return
         subjects = self.subjects
-        self._nc = await connect(
-            self.url,
-            self._credentials,
-            name=f"tether-relay:{self.instance_id}",
-            connect_timeout=self._connect_timeout,
-            reconnect_wait=self._reconnect_wait,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-        )
-        instance_prefix = f"{INSTANCE_PREFIX}.{self.instance_id}."
+        self._denied = []
         try:
+            self._nc = await connect(
+                self.url,
+                self._credentials,
+                name=f"tether-relay:{self.instance_id}",
+                connect_timeout=self._connect_timeout,
+                reconnect_wait=self._reconnect_wait,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                error_cb=self._on_error,
+            )
+            instance_prefix = f"{INSTANCE_PREFIX}.{self.instance_id}."
             for subject, queue in subjects:
                 # What precedes {service}.{method}: tether.rpc. or tether.inst.{id}.
-                prefix = f"{RPC_PREFIX}." if queue else instance_prefix
-                self._subscriptions.append(
-                    await self._nc.subscribe(subject, queue=queue or "", cb=self._callback(prefix))
+                prefix = (
+                    instance_prefix if subject.startswith(instance_prefix) else f"{RPC_PREFIX}."
                 )
-            await self._nc.flush()  # the subscriptions are in place when start() returns
+                self._subscriptions.append(
+                    await self._nc.subscribe(subject, queue=queue, cb=self._callback(prefix))
+                )
+            # The subscriptions are in place when start() returns; NATS reports a
+            # refused one (-ERR) before it answers the flush's PING.
+            await self._nc.flush()
+            if self._denied:
+                raise TetherError(
+                    f"NATS at {self.url} refused to let this relay subscribe: "
+                    f"{'; '.join(self._denied)}. Allow its NATS user to subscribe to "
+                    f"{RPC_PREFIX}.> and {INSTANCE_PREFIX}.> (and to publish to _INBOX.>)",
+                    code=StatusCode.PERMISSION_DENIED,
+                )
         except BaseException:
             nc, self._nc = self._nc, None
             self._subscriptions.clear()
-            await close_quietly(nc)
+            if nc is not None:
+                await close_quietly(nc)
             raise
+        finally:
+            self._denied = None
         log.info(
             "relay: serving %s as instance %s through %s",
             ", ".join(self.app.services),
@@ -173,12 +197,20 @@ class RelayServer:
         log.info("relay: instance %s stopped", self.instance_id)
 
     async def _on_disconnected(self) -> None:
-        if self._stopping:
+        # Not while stopping, nor for a first connection that failed (which
+        # start() reports): nats-py calls this as it closes those too.
+        if self._stopping or self._nc is None:
             return
         log.warning("relay: lost the connection to NATS at %s; reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
         log.warning("relay: reconnected to NATS at %s; subscriptions restored", self.url)
+
+    async def _on_error(self, exc: Exception) -> None:
+        if self._denied is not None and permission_violation(exc):
+            self._denied.append(str(exc).removeprefix("nats: "))
+            return
+        log.warning("relay: NATS at %s reported %s: %s", self.url, type(exc).__name__, exc)
 
     def _callback(self, prefix: str) -> Callable[[Msg], Coroutine[Any, Any, None]]:
         """The callback of the subscription to ``prefix`` + ``*`` or ``>``: one task per
@@ -202,13 +234,14 @@ class RelayServer:
         headers = {k.lower(): v for k, v in (msg.headers or {}).items()}
         limit = self.app.max_body_size
         if len(msg.data) > limit:
-            response = error_response(
-                TetherError(
-                    f"request body larger than the limit of {limit} bytes",
-                    code=StatusCode.RESOURCE_EXHAUSTED,
-                    http_status=413,
-                )
+            refusal = TetherError(
+                f"request body larger than the limit of {limit} bytes",
+                code=StatusCode.RESOURCE_EXHAUSTED,
+                http_status=413,
             )
+            if self.app.metrics is not None:  # counted as HTTP counts its own 413
+                self.app.metrics.calls.record(service, method, str(refusal.code), None)
+            response = error_response(refusal)
         else:
             response = await self.app.dispatcher.dispatch(service, method, msg.data, headers)
         await self._reply(msg.reply, response, headers.get(REQUEST_ID_HEADER))
@@ -253,6 +286,11 @@ def serve_relay(app: App, url: str, **options: Any) -> RelayServer:
 
     Returns:
         The RelayServer (not started yet).
+
+    Raises:
+        ValueError: the instance id, a service or a method name cannot be a NATS
+            subject token (holds ``.``, ``*``, ``>`` or whitespace). Connection
+            errors come from the start-up hook (see :meth:`RelayServer.start`).
     """
     relay = RelayServer(app, url, **options)
     app.on_startup(relay.start)
@@ -267,7 +305,12 @@ async def run_relay(app: App, url: str, stop: asyncio.Event | None = None, **opt
     shutdown hooks: calls in progress get ``drain_timeout`` seconds to answer.
 
     Raises:
-        Unavailable, TetherError: the relay could not connect (see :meth:`RelayServer.start`).
+        ValueError: the instance id, a service or a method name cannot be a NATS
+            subject token, or a TLS or credentials file is unreadable.
+        Unavailable: NATS refused the connection or did not answer.
+        TetherError: ``unauthenticated`` (NATS rejected the credentials) or
+            ``permission_denied`` (NATS refused a subscription); see
+            :meth:`RelayServer.start`.
     """
     serve_relay(app, url, **options)
     await run_hooked(app, stop)
@@ -277,7 +320,14 @@ async def run_hooked(app: App, stop: asyncio.Event | None = None) -> None:
     """Run ``app``'s start-up hooks, wait for SIGINT/SIGTERM or ``stop``, run its shutdown hooks.
 
     For an App served without HTTP, whose hooks (a relay, a registration)
-    do the serving.
+    do the serving. Must run in the main thread (it installs signal handlers).
+
+    Raises:
+        Exception: whatever a start-up hook raises (the shutdown hooks still
+            run): for a relay see :meth:`RelayServer.start`; for a
+            registration, :class:`tether.registry.RegistryError`.
+        RuntimeError: not called from the main thread's event loop
+            (``add_signal_handler`` refuses).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ INSTANCE_PREFIX = "tether.inst"
 STATUS_HEADER = "tether-status"
 
 Callback = Callable[[], Awaitable[None]]
+ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 _FORBIDDEN_IN_TOKEN = frozenset(".*> \t\r\n")
 
@@ -183,6 +184,12 @@ def _auth_failure(exc: BaseException) -> bool:
     )
 
 
+def permission_violation(exc: BaseException) -> bool:
+    """True for the error NATS reports when it refuses a subscription or a publish
+    for lack of permission (the connection stays open)."""
+    return "permissions violation" in str(exc).lower()
+
+
 def _tls_failure(exc: BaseException) -> bool:
     return isinstance(exc, ssl.SSLError) or "tls" in str(exc).lower()
 
@@ -196,6 +203,7 @@ async def connect(
     reconnect_wait: float = 0.5,
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
+    error_cb: ErrorCallback | None = None,
     log_level: int = logging.WARNING,
 ) -> NatsClient:
     """Open a NATS connection that then reconnects by itself, forever.
@@ -208,8 +216,11 @@ async def connect(
         reconnect_wait: seconds between reconnection attempts to one server.
         disconnected_cb, reconnected_cb: coroutine functions called when
             the connection drops and comes back.
-        log_level: level at which connection errors after the first
-            connection are logged (to ``tether.relay``).
+        error_cb: coroutine function called with each error NATS reports
+            after the first connection (a permissions violation, say), instead
+            of logging it.
+        log_level: level at which errors after the first connection are
+            logged (to ``tether.relay``) when there is no ``error_cb``.
 
     Raises:
         Unavailable: every server refused or did not answer, or TLS failed
@@ -229,7 +240,10 @@ async def connect(
 
     async def on_error(exc: Exception) -> None:
         if connected:
-            log.log(log_level, "NATS %s: %s: %s", name, type(exc).__name__, exc)
+            if error_cb is not None:
+                await error_cb(exc)
+            else:
+                log.log(log_level, "NATS %s: %s: %s", name, type(exc).__name__, exc)
             return
         errors.append(exc)
         if not fatal.done() and (_auth_failure(exc) or len(errors) >= len(servers)):
