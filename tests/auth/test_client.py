@@ -128,3 +128,41 @@ def test_conflicting_credentials_are_refused(tmp_path: Path, pki: PKI) -> None:
             client.connect("https://127.0.0.1:1", token="t", api_key="k")
         with pytest.raises(ValueError, match="needs username"):
             client.connect("https://127.0.0.1:1", password="p")
+
+
+def test_the_async_client_logs_in_renews_pins_and_presents_certificates(
+    tmp_path: Path, pki: PKI, secure: SecureServer
+) -> None:
+    """The same credentials through AsyncClient (aiohttp): password, 401 renewal,
+    a pinned server certificate, and a client certificate under mutual TLS."""
+    import asyncio
+
+    from tether.client.tls import fingerprint
+
+    settings = settings_for(tmp_path, pki)
+    file = CredentialsFile(settings.effective_credentials_path)
+    pin = fingerprint(pki.server_cert)
+
+    async def scenario() -> None:
+        async with tether.AsyncClient(settings=settings) as client:
+            logged = client.connect(secure.url, username="alice", password=ALICE_PASSWORD)
+            assert (await logged.call("inventory.get", name="r1"))["name"] == "r1"
+        file.update(secure.url, lambda e: {**(e or {}), "access_token": "eyJ0.eyJ0.broken"})
+        async with tether.AsyncClient(settings=settings) as client:
+            assert (await client.connect(secure.url).call("inventory.get", name="r2"))[
+                "name"
+            ] == "r2"
+            pinned = client.connect(secure.url, api_key=secure.read_only_key, pin_sha256=pin)
+            assert await pinned.call("inventory.list")
+            with pytest.raises(tether.Unavailable, match="pinned"):
+                await client.connect(
+                    secure.url, api_key=secure.read_only_key, pin_sha256="ab" * 32
+                ).call("inventory.list")
+            robot = client.connect(secure.url, cert=pki.robot, ca=pki.ca)
+            assert (await robot.call("inventory.get", name="sw1"))["name"] == "sw1"
+            with pytest.raises(PermissionDenied):
+                await robot.call("inventory.remove", name="sw1")
+
+    asyncio.run(scenario())
+    entry = file.get(secure.url)
+    assert entry is not None and entry["access_token"] != "eyJ0.eyJ0.broken"

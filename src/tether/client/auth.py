@@ -358,9 +358,12 @@ def resolve(
 ) -> tuple[ClientAuth | None, ssl.SSLContext | None]:
     """Work out a connection's credentials and TLS context (no network call).
 
-    Precedence: ``token``, ``api_key``, ``username``/``password``, then the
-    credentials file's entry for ``url`` (when ``stored``), else none (a
-    client certificate alone, or an open server).
+    Precedence: ``token``, ``api_key``, ``username``/``password``, an
+    explicit ``cert`` (the certificate alone: stored tokens for ``url`` are
+    not sent with it, so the identity is the certificate's), then the
+    credentials file's entry for ``url`` (when ``stored``), else none (an
+    open server). The stored entry's TLS choices (CA bundle, pin,
+    certificate) apply unless given here.
 
     Raises:
         ValueError: more than one of token, api_key and username; a bad pin.
@@ -400,7 +403,7 @@ def resolve(
             margin=settings.token_refresh_margin,
             extra=extra,
         ), context
-    if entry is not None:
+    if entry is not None and cert is None:
         if entry.get("api_key"):
             return StaticAuth(str(entry["api_key"])), context
         if entry.get("access_token") or entry.get("refresh_token"):
