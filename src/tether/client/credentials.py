@@ -98,6 +98,12 @@ class CredentialsFile:
 
         Returns:
             The new entry.
+
+        Raises:
+            filelock.Timeout: another process held the lock for longer than
+                ``lock_timeout`` seconds.
+            OSError: the directory or file cannot be written.
+            ValueError: ``url`` is not an http(s) URL (see :func:`server_key`).
         """
         key = server_key(url)
         with self.locked():
@@ -111,11 +117,19 @@ class CredentialsFile:
         return new
 
     def put(self, url: str, entry: Entry) -> None:
-        """Store ``entry`` for the server at ``url`` (replacing the old one)."""
+        """Store ``entry`` for the server at ``url`` (replacing the old one).
+
+        Raises:
+            filelock.Timeout, OSError, ValueError: as :meth:`update`.
+        """
         self.update(url, lambda _: entry)
 
     def remove(self, url: str) -> bool:
-        """Forget the server at ``url``; True if it had an entry."""
+        """Forget the server at ``url``; True if it had an entry.
+
+        Raises:
+            filelock.Timeout, OSError, ValueError: as :meth:`update`.
+        """
         had: list[bool] = []
 
         def drop(old: Entry | None) -> None:
