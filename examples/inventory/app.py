@@ -12,16 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 import tether
-from examples.inventory.implementation import InventoryService
+from examples.inventory.implementation import DEVICES_CSV, InventoryService, load_devices
 from tether.jobs import JobCancelled, JobContext
-
-app = tether.App(InventoryService.from_csv(), title="Inventory")
-
-
-@app.health_check("devices_loaded", timeout=1.0)
-def devices_loaded() -> bool:
-    """Ready once the inventory holds at least one device."""
-    return bool(app.dispatcher.services)
 
 
 class ChecksumParameters(BaseModel):
@@ -52,7 +44,6 @@ class MissingFile(tether.ServiceError):
     code = tether.StatusCode.NOT_FOUND
 
 
-@app.job("checksum", timeout=300.0, max_attempts=3, backoff=1.0)
 def checksum(parameters: ChecksumParameters, ctx: JobContext) -> ChecksumResult:
     """SHA-256 and size (bytes) of each file, reporting progress by bytes read."""
     files = [Path(p) for p in parameters.paths]
@@ -75,3 +66,22 @@ def checksum(parameters: ChecksumParameters, ctx: JobContext) -> ChecksumResult:
                 ctx.progress(min(done / total, 1.0), f"hashing {path}")
         found.append(FileChecksum(path=str(path), size=size, sha256=digest.hexdigest()))
     return ChecksumResult(files=found, total_bytes=sum(f.size for f in found))
+
+
+def create_app(devices_csv: Path = DEVICES_CSV) -> tether.App:
+    """The inventory App, its devices loaded from ``devices_csv``, with the
+    ``devices_file`` readiness check and the ``checksum`` job type."""
+    inventory = InventoryService.from_csv(devices_csv)
+    application = tether.App(inventory, title="Inventory")
+
+    @application.health_check("devices_file", timeout=1.0, services=["inventory"])
+    def devices_file() -> bool:
+        """Ready while the devices file still reads as at least one device: it is
+        what the inventory was loaded from, and what a restart loads."""
+        return bool(load_devices(devices_csv))
+
+    application.job("checksum", timeout=300.0, max_attempts=3, backoff=1.0)(checksum)
+    return application
+
+
+app = create_app()

@@ -102,10 +102,18 @@ def start_worker() -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
 
 
-def run(command: list[str], shown: str) -> None:
+def run(command: list[str], shown: str, expect: int = 0) -> None:
+    """Run a step's command and print its output; stop the demo (exit 1) unless it
+    exits with ``expect`` (non-zero for a step that shows an error)."""
     print(f"$ {shown}")
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60)
     print((result.stdout or result.stderr).rstrip())
+    if result.returncode != expect:
+        if result.stdout and result.stderr:
+            print(result.stderr.rstrip())
+        raise SystemExit(
+            f"demo failed: `{shown}` exited with {result.returncode}, expected {expect}"
+        )
 
 
 def show_checksums(result: dict[str, object]) -> None:
@@ -145,6 +153,8 @@ def jobs_demo(url: str) -> None:
                 jobs.submit("checksum", {"paths": []})
             except JobValidationError as exc:
                 print("submit(paths=[]) raised", type(exc).__name__, "(422):", exc.message)
+            else:
+                raise SystemExit("demo failed: submit(paths=[]) was not refused")
 
         step("curl: POST /jobs, then a long poll on GET /jobs/{id}/wait")
         body = '{"type": "checksum", "parameters": {"paths": ["examples/inventory/service.py"]}}'
@@ -152,19 +162,21 @@ def jobs_demo(url: str) -> None:
         if shutil.which("curl"):
             print(f"$ {shown}")
             made = subprocess.run(
-                ["curl", "-s", "-d", body, "-H", "content-type: application/json", f"{url}/jobs"],
+                ["curl", "-sf", "-d", body, "-H", "content-type: application/json", f"{url}/jobs"],
                 capture_output=True,
                 text=True,
                 timeout=30,
+                check=True,
             )
             submitted = json.loads(made.stdout)
             print(json.dumps({k: submitted[k] for k in ("id", "type", "state")}))
             print(f"$ curl '{url}/jobs/{submitted['id']}/wait?timeout=30'")
             waited = subprocess.run(
-                ["curl", "-s", f"{url}/jobs/{submitted['id']}/wait?timeout=30"],
+                ["curl", "-sf", f"{url}/jobs/{submitted['id']}/wait?timeout=30"],
                 capture_output=True,
                 text=True,
                 timeout=60,
+                check=True,
             )
             finished = json.loads(waited.stdout)
         else:
@@ -173,6 +185,8 @@ def jobs_demo(url: str) -> None:
             print(json.dumps({k: submitted[k] for k in ("id", "type", "state")}))
             finished = http_json("GET", f"{url}/jobs/{submitted['id']}/wait?timeout=30")
         print("state:", finished["state"], " result:", json.dumps(finished["result"]))
+        if finished["state"] != "succeeded":
+            raise SystemExit(f"demo failed: the job ended {finished['state']}")
 
         step("The tether CLI, waiting with a progress bar (on a terminal) for the result")
         cli = [sys.executable, "-m", "tether.cli"]
@@ -181,10 +195,15 @@ def jobs_demo(url: str) -> None:
             [*cli, "jobs", "submit", url, "checksum", "--json", parameters, "--wait"],
             f"tether jobs submit {url} checksum --json '{parameters}' --wait",
         )
-        run(
+        run(  # the job fails (no such file): the command says so and exits 1
             [*cli, "jobs", "submit", url, "checksum", 'paths:=["no/such/file"]', "--wait"],
             f"tether jobs submit {url} checksum 'paths:=[\"no/such/file\"]' --wait",
+            expect=1,
         )
+    except BaseException:
+        log = STATE / "worker.log"
+        print("the worker's log:\n" + log.read_text(errors="replace")[-4000:])
+        raise
     finally:
         step("Stop the worker (SIGTERM: running jobs finish or are handed back)")
         worker.send_signal(signal.SIGTERM)
@@ -218,6 +237,8 @@ def main() -> None:
                 inventory.get("ghost")
             except NotFound as exc:
                 print("get('ghost') raised", repr(exc))
+            else:
+                raise SystemExit("demo failed: get('ghost') did not raise NotFound")
 
             step("Python, in-process: client.integrated(app) runs the same call path")
             local = client.integrated(app).proxy(Inventory)
@@ -233,9 +254,10 @@ def main() -> None:
             [*cli, "call", url, "inventory.filter", "platform=nxos"],
             f"tether call {url} inventory.filter platform=nxos",
         )
-        run(
+        run(  # an error: printed as `error not_found: ...`, exit status 1
             [*cli, "call", url, "inventory.get", "name=ghost"],
             f"tether call {url} inventory.get name=ghost",
+            expect=1,
         )
 
         step("curl")
@@ -253,7 +275,7 @@ def main() -> None:
             f"{url}/rpc/inventory/get"
         )
         if shutil.which("curl"):
-            run(curl, shown)
+            run([curl[0], "-f", *curl[1:]], shown)  # -f: an HTTP error fails the step
         else:
             print(f"(curl is not installed; the same request with urllib)\n$ {shown}")
             request = urllib.request.Request(

@@ -8,6 +8,7 @@ with gRPC's HTTP-to-code table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -127,17 +128,33 @@ class TetherError(Exception):
         }
 
 
-_SERVICE_ERRORS: dict[str, type[ServiceError]] = {}
+#: Tether's own ServiceError subclasses (auth, jobs) by wire name. Only these are
+#: known without an interface: a bare class name says nothing of which of the
+#: process's classes it means, so application errors are matched against the
+#: errors their interface declares, never a process-wide table.
+_TETHER_ERRORS: dict[str, type[ServiceError]] = {}
 
 
 class ServiceError(TetherError):
     """Base class for errors that a service raises on purpose.
 
-    Subclass it, set ``code`` and (optionally) ``error_name``, and declare the
-    class on the interface (``@tether.service(errors=[...])`` or
-    ``@tether.method(errors=[...])``). The server sends the code, message,
-    details and ``error_name``; a client that has a class of that name raises
-    it again, otherwise :class:`RemoteError`.
+    Subclass it, set ``code`` and (optionally) ``error_name``, the wire
+    ``type``, default the class name; then declare the class on the interface
+    (``@tether.service(errors=[...])`` or ``@tether.method(errors=[...])``).
+    The server sends the code, message, details and ``error_name``. A client
+    calling through a typed proxy raises the class again when the method's
+    declared errors (its own and its service's) hold one of that
+    ``error_name``; an error the interface does not declare, and any error of
+    a dynamic call (``connection.call(...)``), arrives as :class:`RemoteError`
+    with the code and ``error_name``, even when the client could import it.
+
+    Rebuilding on the client does not call the subclass's ``__init__``: the
+    instance is made with ``cls.__new__`` and given ``message``, ``details``,
+    ``code`` and ``http_status`` as the server sent them. So a subclass may
+    take any constructor arguments it likes (``def __init__(self, name)``),
+    but whatever the client should see must travel in ``message`` and
+    ``details``; attributes set only in ``__init__`` are absent on the
+    client side (read them from ``details`` in a property instead).
 
     Example::
 
@@ -151,20 +168,68 @@ class ServiceError(TetherError):
         super().__init_subclass__(**kwargs)
         if "error_name" not in cls.__dict__:
             cls.error_name = cls.__name__
-        # Known by name so a client raises the same class again.
-        _SERVICE_ERRORS.setdefault(cls.error_name, cls)
+        if cls.__module__ == "tether" or cls.__module__.startswith("tether."):
+            known = _TETHER_ERRORS.setdefault(cls.error_name, cls)
+            if known is not cls:
+                raise TypeError(
+                    f"{cls.__module__}.{cls.__qualname__} and {known.__module__}."
+                    f"{known.__qualname__} share the wire name {cls.error_name!r}"
+                )
 
 
-def service_error_class(name: str | None) -> type[ServiceError] | None:
-    """Return the ServiceError subclass registered under ``name``, if any."""
-    return _SERVICE_ERRORS.get(name) if name else None
+def service_error_class(
+    name: str | None, declared: Sequence[type[ServiceError]] = ()
+) -> type[ServiceError] | None:
+    """The class to raise again for an envelope's ``type``, if any.
+
+    Args:
+        name: the envelope's ``type``.
+        declared: the errors the called method declares (its own and its
+            service's), looked at first.
+
+    Returns:
+        The declared class whose ``error_name`` is ``name``; else Tether's
+        own error of that name (authentication, jobs); else None.
+    """
+    if not name:
+        return None
+    for cls in declared:
+        if cls.error_name == name:
+            return cls
+    return _TETHER_ERRORS.get(name)
+
+
+def rebuild_service_error(
+    cls: type[ServiceError],
+    message: str,
+    details: Any,
+    code: StatusCode,
+    http_status: int | None = None,
+) -> ServiceError:
+    """Make an instance of ``cls`` as the server sent it, without calling its ``__init__``.
+
+    The subclass's own constructor may take other arguments (see
+    :class:`ServiceError`); only :class:`TetherError`'s is run, with the
+    wire's message, details, code and HTTP status.
+    """
+    exc = cls.__new__(cls)
+    TetherError.__init__(
+        exc,
+        message,
+        details,
+        code=None if code is cls.code else code,
+        http_status=http_status,
+    )
+    return exc
 
 
 class RemoteError(TetherError):
-    """An error answered by a remote service that this process has no class for.
+    """An error answered by a remote service that the call's interface does not declare.
 
-    ``code`` is the code the server sent; ``error_name`` the server's class
-    name, when it had one.
+    Also raised for failures of the call itself: :class:`DeadlineExceeded`,
+    :class:`Unavailable`, and ``data_loss`` when a result does not match the
+    declared type. ``code`` is the code the server sent (or the client
+    found); ``error_name`` the server's ``type`` for it, when it had one.
     """
 
     def __init__(
@@ -198,18 +263,24 @@ class Unavailable(RemoteError):
         super().__init__(message, details, code=StatusCode.UNAVAILABLE)
 
 
-def error_from_envelope(envelope: Any, http_status: int) -> TetherError:
+def error_from_envelope(
+    envelope: Any, http_status: int, declared: Sequence[type[ServiceError]] = ()
+) -> TetherError:
     """Rebuild the exception that an error response describes.
 
     Args:
         envelope: the decoded body; ``{"error": {...}}`` when the server is a
-            Tether server, anything else otherwise.
+            Tether server, anything else otherwise (then the code comes from
+            the HTTP status, see :func:`code_for_http_status`).
         http_status: the response's HTTP status.
+        declared: the ServiceError subclasses the called method declares;
+            empty for a dynamic call.
 
     Returns:
-        The declared :class:`ServiceError` subclass when this process has one
-        of that name, :class:`DeadlineExceeded` or :class:`Unavailable` for
-        those codes, else :class:`RemoteError`.
+        The class :func:`service_error_class` finds for the envelope's
+        ``type`` (built by :func:`rebuild_service_error`), else
+        :class:`DeadlineExceeded` or :class:`Unavailable` for those codes,
+        else :class:`RemoteError` with the code and ``error_name``.
     """
     error = envelope.get("error") if isinstance(envelope, dict) else None
     if not isinstance(error, dict):
@@ -222,12 +293,9 @@ def error_from_envelope(envelope: Any, http_status: int) -> TetherError:
     message = str(error.get("message") or "")
     details = error.get("details")
     name = error.get("type")
-    cls = service_error_class(name if isinstance(name, str) else None)
+    cls = service_error_class(name if isinstance(name, str) else None, declared)
     if cls is not None:
-        exc = cls(message, details)
-        if exc.code != code:
-            exc.code = code  # type: ignore[misc]
-        return exc
+        return rebuild_service_error(cls, message, details, code, http_status)
     if code is StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(message, details)
     if code is StatusCode.UNAVAILABLE:

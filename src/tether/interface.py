@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic_core import PydanticSerializationError
 
 from tether.codec import Codec, pack, unpack
-from tether.errors import ServiceError, StatusCode, TetherError
+from tether.errors import RemoteError, ServiceError, StatusCode, TetherError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -90,9 +90,16 @@ def method(
 
     Returns:
         A decorator that returns the function unchanged but for a marker.
+
+    Raises:
+        ValueError: ``timeout`` is not a positive number of seconds, or
+            ``name`` is not letters, digits, ``_`` or ``-`` (it is a segment
+            of ``/rpc/{service}/{method}`` and of NATS subjects).
     """
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not timeout > 0:  # NaN too
         raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    if name is not None:
+        _check_wire_name("method", name)
 
     def decorate(fn: F) -> F:
         setattr(
@@ -122,18 +129,32 @@ def service(
     Returns:
         A class decorator. The class is returned unchanged but for a marker;
         its spec is built on first use by :func:`service_spec`.
+
+    Raises:
+        ValueError: when the decorator is applied, if the service name (given
+            or derived) is not letters, digits, ``_`` or ``-``.
     """
 
     def decorate(cls: type[T]) -> type[T]:
         svc_name = name or cls.__name__.lower()
-        if not svc_name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"service name {svc_name!r} must be letters, digits, '_' or '-'")
+        _check_wire_name("service", svc_name)
         setattr(
             cls, _SERVICE_ATTR, _ServiceOptions(svc_name, version, tuple(errors), tuple(scopes))
         )
         return cls
 
     return decorate
+
+
+def _check_wire_name(kind: str, name: str) -> None:
+    """Refuse a service or method name that cannot be one segment of a URL path or
+    NATS subject.
+
+    Raises:
+        ValueError: ``name`` is empty or holds anything but letters, digits, '_' or '-'.
+    """
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"{kind} name {name!r} must be letters, digits, '_' or '-'")
 
 
 @dataclass
@@ -264,7 +285,7 @@ class MethodSpec:
         """Decode and validate a result body into the declared type.
 
         Raises:
-            TetherError: ``data_loss`` when the body is not a valid result
+            RemoteError: ``data_loss`` when the body is not a valid result
                 (a server that does not keep to the same interface).
         """
         validator = self.result_adapter.validator
@@ -275,8 +296,10 @@ class MethodSpec:
         except (ValidationError, TetherError) as exc:
             raise self._lost_result(exc) from None
 
-    def _lost_result(self, exc: Exception) -> TetherError:
-        return TetherError(
+    def _lost_result(self, exc: Exception) -> RemoteError:
+        # A RemoteError: the remote side answered something unusable, as for
+        # DeadlineExceeded and Unavailable, which the client detects too.
+        return RemoteError(
             f"{self.qualified_name}: the server's result does not match the declared "
             f"type (is it serving another version of the interface?): {exc}",
             code=StatusCode.DATA_LOSS,
@@ -315,7 +338,7 @@ class MethodSpec:
         """The ``python`` codec's :meth:`decode_result`: validate :meth:`dump_result`'s data.
 
         Raises:
-            TetherError: ``data_loss``, as :meth:`decode_result`.
+            RemoteError: ``data_loss``, as :meth:`decode_result`.
         """
         try:
             return self.result_adapter.validator.validate_python(data)

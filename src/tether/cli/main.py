@@ -21,6 +21,7 @@ from tether.errors import TetherError
 from tether.registry import DEFAULT_LEASE_SECONDS, RegistryError
 
 if TYPE_CHECKING:
+    from tether.server.app import App
     from tether.server.launch import LaunchOptions
 
 app = typer.Typer(
@@ -103,6 +104,8 @@ def serve(
     from tether.settings import get_settings
 
     sys.path.insert(0, os.getcwd())  # like uvicorn: MODULE is found from here
+    # Import it here first: a bad target is one error line, not a worker's traceback.
+    load_target(target)
     if not http and relay is None:
         err.print("[bold red]error[/]: --no-http needs --relay NATS_URL", highlight=False)
         raise typer.Exit(2)
@@ -163,16 +166,16 @@ def _serve_without_http(options: LaunchOptions, loop: str, log_level: str) -> No
     import asyncio
     import logging
 
-    from tether.server.launch import load_app, prepare
+    from tether.server.launch import prepare
     from tether.server.relay import run_hooked
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        application = prepare(load_app(options.target), options)
-    except (ImportError, AttributeError, ValueError) as exc:
-        err.print(f"[bold red]error[/]: cannot load {options.target}: {exc}", highlight=False)
+        application = prepare(load_target(options.target), options)
+    except ValueError as exc:
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
         raise typer.Exit(2) from None
     if loop == "uvloop":
         import uvloop
@@ -188,6 +191,47 @@ def _serve_without_http(options: LaunchOptions, loop: str, log_level: str) -> No
     except ValueError as exc:
         err.print(f"[bold red]error[/]: {exc}", highlight=False)
         raise typer.Exit(2) from None
+
+
+def load_target(target: str) -> App:
+    """Import the App that ``MODULE:ATTRIBUTE`` names, for ``tether serve``.
+
+    Prints ``error CODE: message`` and a hint on stderr and exits 2 when the
+    target is malformed, cannot be imported or found, or is not a
+    ``tether.App``. An exception raised by the module's own code while it is
+    imported propagates with its traceback (it is a bug to read there).
+    """
+    from tether.server.app import App
+    from tether.server.launch import import_target
+
+    hint = (
+        "give MODULE:ATTRIBUTE, importable from the current directory or PYTHONPATH, "
+        "e.g. examples.inventory.app:app"
+    )
+    try:
+        value = import_target(target)
+    except ValueError as exc:
+        raise _bad_target("invalid_argument", str(exc), hint) from None
+    except ImportError as exc:
+        raise _bad_target("not_found", f"cannot import {target}: {exc}", hint) from None
+    except AttributeError as exc:
+        raise _bad_target("not_found", f"cannot find {target}: {exc}", hint) from None
+    if not isinstance(value, App):
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        raise _bad_target(
+            "invalid_argument",
+            f"{target} is a {kind}, not a tether.App",
+            "tether serve serves a tether.App; serve another ASGI app with uvicorn, "
+            "mounting the App into it if you like",
+        )
+    return value
+
+
+def _bad_target(code: str, message: str, hint: str) -> typer.Exit:
+    """Print the error and the hint; return the exit (2: a bad argument) to raise."""
+    err.print(f"[bold red]error[/] [red]{code}[/]: {message}", highlight=False)
+    err.print(f"hint: {hint}", highlight=False)
+    return typer.Exit(2)
 
 
 @app.command()

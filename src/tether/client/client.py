@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from tether.client.auth import StaticAuth, resolve, tls_for
-from tether.client.connection import AsyncConnection, Connection
+from tether.client.connection import AsyncConnection, Connection, check_timeout
 from tether.client.discovery import (
     AsyncDiscoveredTransport,
     Balancer,
@@ -47,6 +47,10 @@ class Client:
             for integrated connections; the others then need their own ``codec=``).
         settings: preferences for this client (default: :func:`tether.settings.get_settings`).
 
+    Raises:
+        ValueError: ``timeout`` is not positive, finite seconds, or ``codec``
+            is not ``"json"``, ``"msgpack"`` or ``"python"``.
+
     Example::
 
         with tether.Client() as client:
@@ -62,7 +66,7 @@ class Client:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.timeout = timeout or self.settings.default_timeout
+        self.timeout = check_timeout(self.settings.default_timeout if timeout is None else timeout)
         self.codec = Codec(codec)
         self._connections: list[Connection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
@@ -120,7 +124,8 @@ class Client:
 
         Raises:
             ValueError: ``url`` is not an http(s) URL, conflicting credentials,
-                or codec ``"python"`` (integrated connections only).
+                codec ``"python"`` (integrated connections only), or a
+                ``timeout`` that is not positive, finite seconds.
         """
         codec = _wire_codec(codec, self.codec, "connect")
         auth, context = resolve(
@@ -139,7 +144,7 @@ class Client:
                 SyncHTTPTransport(url, ssl_context=context),
                 url,
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=auth,
             )
         )
@@ -184,14 +189,15 @@ class Client:
                 The credentials file is not consulted.
 
         Raises:
-            ValueError: both ``token`` and ``api_key``, or an unknown codec.
+            ValueError: both ``token`` and ``api_key``, an unknown codec, or a
+                ``timeout`` that is not positive, finite seconds.
         """
         return self._keep(
             Connection(
                 SyncIntegratedTransport(app, self._run_async),
                 f"integrated:{app.title}",
                 codec=codec or self.codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -245,7 +251,7 @@ class Client:
                 transport,
                 f"{url}#{service_id}" if service_id else url,
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -316,7 +322,7 @@ class Client:
                 transport,
                 f"{name} via {registry_url}",
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -366,6 +372,13 @@ class AsyncClient:
     """The asyncio twin of :class:`Client`; it belongs to the event loop that first uses it.
 
     Use ``async with tether.AsyncClient() as client:``, or ``await client.close()``.
+
+    Args:
+        timeout, codec, settings: as for :class:`Client`.
+
+    Raises:
+        ValueError: as for :class:`Client`: a timeout that is not positive,
+            finite seconds, or an unknown codec.
     """
 
     def __init__(
@@ -376,7 +389,7 @@ class AsyncClient:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.timeout = timeout or self.settings.default_timeout
+        self.timeout = check_timeout(self.settings.default_timeout if timeout is None else timeout)
         self.codec = Codec(codec)
         self._connections: list[AsyncConnection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
@@ -432,7 +445,7 @@ class AsyncClient:
                 AsyncHTTPTransport(url, ssl_context=context),
                 url,
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=auth,
             )
         )
@@ -466,14 +479,15 @@ class AsyncClient:
                 runs with auth (checked as over HTTP); at most one.
 
         Raises:
-            ValueError: both ``token`` and ``api_key``, or an unknown codec.
+            ValueError: both ``token`` and ``api_key``, an unknown codec, or a
+                ``timeout`` that is not positive, finite seconds.
         """
         return self._keep(
             AsyncConnection(
                 AsyncIntegratedTransport(app),
                 f"integrated:{app.title}",
                 codec=codec or self.codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -506,7 +520,7 @@ class AsyncClient:
                 transport,
                 f"{url}#{service_id}" if service_id else url,
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )
@@ -547,7 +561,7 @@ class AsyncClient:
                 transport,
                 f"{name} via {registry_url}",
                 codec=codec,
-                timeout=timeout or self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 auth=_static(token, api_key),
             )
         )

@@ -9,13 +9,20 @@ for all of them.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tether.codec import Codec, decode_any, encode_any
 from tether.context import get_call
-from tether.errors import DeadlineExceeded, TetherError, error_from_envelope
+from tether.errors import (
+    DeadlineExceeded,
+    RemoteError,
+    StatusCode,
+    TetherError,
+    error_from_envelope,
+)
 from tether.interface import MethodSpec, service_spec
 from tether.server.dispatcher import REQUEST_ID_HEADER, TIMEOUT_HEADER
 from tether.transports.base import AsyncTransport, RawResponse, SyncTransport
@@ -29,12 +36,22 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 
 
+def check_timeout(timeout: float) -> float:
+    """Return ``timeout`` if it is a usable number of seconds.
+
+    Raises:
+        ValueError: it is zero, negative, NaN or infinite.
+    """
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be positive, finite seconds, got {timeout!r}")
+    return timeout
+
+
 class _CallPath:
     """Encoding and decoding shared by the sync and async connections."""
 
     def __init__(self, target: str, codec: Codec | str, timeout: float) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        check_timeout(timeout)
         self.target = target
         self.codec = Codec(codec)
         # The python codec is no encoding at all (integrated connections only);
@@ -84,17 +101,24 @@ class _CallPath:
         return headers, seconds
 
     def _response(self, raw: RawResponse, spec: MethodSpec | None) -> Any:
-        """Decode a result, or raise the error the response carries."""
+        """Decode a result, or raise the error the response carries (as the
+        class ``spec`` declares for it, if it does)."""
         codec = Codec.MSGPACK if "msgpack" in raw.content_type else Codec.JSON
         if raw.status == 200:
             if spec is not None:
                 return spec.decode_result(raw.body, codec)
-            return decode_any(raw.body, codec)
+            try:
+                return decode_any(raw.body, codec)
+            except TetherError as exc:  # the answer's fault, not the arguments'
+                raise RemoteError(
+                    f"the server's result is not valid {codec.value}: {exc.message}",
+                    code=StatusCode.DATA_LOSS,
+                ) from None
         try:
             envelope = decode_any(raw.body, codec)
         except TetherError:
             envelope = None
-        raise error_from_envelope(envelope, raw.status)
+        raise error_from_envelope(envelope, raw.status, spec.errors if spec is not None else ())
 
 
 @lru_cache(maxsize=256)
@@ -182,7 +206,11 @@ class Connection(_CallPath):
             self._send_local = getattr(transport, "send_local", None)
 
     def with_timeout(self, timeout: float) -> Connection:
-        """The same connection (sharing its pool) with another default timeout in seconds."""
+        """The same connection (sharing its pool) with another default timeout in seconds.
+
+        Raises:
+            ValueError: ``timeout`` is not positive, finite seconds.
+        """
         return Connection(
             self.transport, self.target, codec=self.codec, timeout=timeout, auth=self.auth
         )
@@ -215,14 +243,29 @@ class Connection(_CallPath):
     ) -> Any:
         """Call a method described by ``spec`` with arguments by name.
 
+        Args:
+            spec: the method, from :func:`tether.service_spec`.
+            arguments: the arguments by name (a proxy binds positional ones).
+            timeout: seconds for this call (default: the connection's),
+                capped by the method's own ``timeout`` and by the deadline of
+                the call being served, if any.
+
         Returns:
             The result, validated into the declared result type.
 
         Raises:
-            ServiceError subclass: the method raised one the client knows.
+            ServiceError subclass: the server raised an error that ``spec``
+                declares (the method's or its service's ``errors``), or one
+                of Tether's own (authentication, say).
             RemoteError: any other error, with its code (``invalid_argument``,
                 ``unimplemented``...); DeadlineExceeded and Unavailable are
-                RemoteErrors too.
+                RemoteErrors too, and so is ``data_loss``, raised when the
+                result does not validate into the declared type (a server
+                serving another version of the interface).
+            DeadlineExceeded: the deadline had passed before the call was sent.
+            TypeError: from a proxy, arguments that do not bind to the
+                method's parameters (too many positional ones, a name given
+                twice).
         """
         if self._local is not None:
             return self._invoke_local(self._local, spec, arguments, timeout)
@@ -304,7 +347,11 @@ class Connection(_CallPath):
             base64 text in JSON, binary in msgpack).
 
         Raises:
-            RemoteError: see :meth:`invoke`.
+            ValueError: ``name`` has no dot, or nothing before or after it.
+            RemoteError: see :meth:`invoke`; with no interface to declare
+                them, an application's ServiceErrors arrive as RemoteError
+                too (with ``error_name``), Tether's own keep their class.
+                A result body that does not decode is ``data_loss``.
         """
         service, method = _split(name)
         merged = {**(arguments or {}), **kwargs}
@@ -321,7 +368,10 @@ class Connection(_CallPath):
 
         Raises:
             TypeError: ``interface`` is not a service interface.
+            ValueError: ``timeout`` is not positive, finite seconds.
         """
+        if timeout is not None:
+            check_timeout(timeout)
         spec = service_spec(interface)
         proxy = _Proxy(self, spec.name)
         for m in spec.methods.values():
@@ -391,7 +441,11 @@ class AsyncConnection(_CallPath):
                 )
 
     def with_timeout(self, timeout: float) -> AsyncConnection:
-        """The same connection with another default timeout in seconds."""
+        """The same connection with another default timeout in seconds.
+
+        Raises:
+            ValueError: ``timeout`` is not positive, finite seconds.
+        """
         return AsyncConnection(
             self.transport, self.target, codec=self.codec, timeout=timeout, auth=self.auth
         )
@@ -425,7 +479,8 @@ class AsyncConnection(_CallPath):
     async def invoke(
         self, spec: MethodSpec, arguments: Mapping[str, Any], *, timeout: float | None = None
     ) -> Any:
-        """Call a method described by ``spec``; see :meth:`Connection.invoke`."""
+        """Call a method described by ``spec``; see :meth:`Connection.invoke` (the same
+        arguments, result and errors)."""
         if self._local is not None:
             return await self._invoke_local(self._local, spec, arguments, timeout)
         body, headers, seconds = self._request(arguments, timeout, spec)
@@ -466,7 +521,12 @@ class AsyncConnection(_CallPath):
         idempotent: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Call ``"service.method"`` without its interface; see :meth:`Connection.call`."""
+        """Call ``"service.method"`` without its interface; see :meth:`Connection.call`.
+
+        Raises:
+            ValueError: ``name`` has no dot, or nothing before or after it.
+            RemoteError: as :meth:`Connection.call`.
+        """
         service, method = _split(name)
         merged = {**(arguments or {}), **kwargs}
         body, headers, seconds = self._request(merged, timeout, None)
@@ -474,7 +534,14 @@ class AsyncConnection(_CallPath):
         return self._response(raw, None)
 
     def proxy(self, interface: type[T], *, timeout: float | None = None) -> T:
-        """A typed proxy whose methods return awaitables (see :meth:`Connection.proxy`)."""
+        """A typed proxy whose methods return awaitables (see :meth:`Connection.proxy`).
+
+        Raises:
+            TypeError: ``interface`` is not a service interface.
+            ValueError: ``timeout`` is not positive, finite seconds.
+        """
+        if timeout is not None:
+            check_timeout(timeout)
         spec = service_spec(interface)
         proxy = _Proxy(self, spec.name)
         for m in spec.methods.values():

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic_core import to_json
@@ -17,7 +18,14 @@ from pydantic_core import to_json
 from tether.codec import Codec
 from tether.errors import StatusCode, TetherError
 from tether.interface import interfaces_of, service_spec
-from tether.server.dispatcher import Dispatcher, Response, error_response
+from tether.server.dispatcher import (
+    DEFAULT_MAX_BODY_SIZE,
+    Dispatcher,
+    Response,
+    body_too_large,
+    error_codec,
+    error_response,
+)
 from tether.server.health import HealthCheck, HealthStatus, run_checks, service_health
 from tether.server.openapi import docs_page, openapi_document
 
@@ -36,14 +44,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "App"]
 
 
 class App:
     """Hosts service implementations; an ASGI 3 application.
 
     Serve it with ``tether serve module:app`` or any ASGI server, or mount it
-    into FastAPI/Starlette (``fastapi_app.mount("/tether", app)``).
+    into FastAPI/Starlette (``fastapi_app.mount("/tether", app)``); a mounted
+    App's start-up and shutdown hooks run only when the outer app's lifespan
+    runs them: ``FastAPI(lifespan=app.lifespan)`` (see :meth:`lifespan`).
 
     Args:
         *implementations: objects whose classes implement service interfaces.
@@ -109,9 +119,10 @@ class App:
     ) -> None:
         self.title = title
         self.version = version
-        self.max_body_size = max_body_size
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self.dispatcher = Dispatcher(debug=debug, max_workers=max_workers)
+        self.dispatcher = Dispatcher(
+            debug=debug, max_workers=max_workers, max_body_size=max_body_size
+        )
         #: The App's Prometheus metrics (:class:`tether.server.metrics.Metrics`), or None.
         self.metrics: Metrics | None = None
         if metrics:
@@ -151,6 +162,16 @@ class App:
     def asgi(self) -> App:
         """The ASGI application (the App itself), for mounting."""
         return self
+
+    @property
+    def max_body_size(self) -> int:
+        """The largest request body in bytes; a larger one gets ``resource_exhausted``
+        (HTTP 413) over HTTP, the relay and integrated connections alike."""
+        return self.dispatcher.max_body_size
+
+    @max_body_size.setter
+    def max_body_size(self, limit: int) -> None:
+        self.dispatcher.max_body_size = limit
 
     def add(self, implementation: object, *, interface: type | None = None) -> None:
         """Host an implementation of one or more service interfaces.
@@ -224,6 +245,27 @@ class App:
         """Register a coroutine function run at shutdown, in reverse order of registration."""
         self._on_shutdown.append(fn)
         return fn
+
+    @asynccontextmanager
+    async def lifespan(self, parent: object = None) -> AsyncIterator[None]:
+        """Run :meth:`startup` on entry and :meth:`shutdown` on exit: the lifespan to
+        give a FastAPI or Starlette app this App is mounted into.
+
+        A mounted App receives no ASGI lifespan events of its own (Starlette
+        sends them to the outer app only), so without this its start-up hooks
+        (the job store, auth's store, the relay and registry hooks) never run::
+
+            outer = FastAPI(lifespan=app.lifespan)
+            outer.mount("/tether", app)
+
+        Args:
+            parent: the outer app, which Starlette passes; unused.
+        """
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
 
     async def startup(self) -> None:
         """Run the start-up hooks once (the ASGI lifespan calls this; so may a host)."""
@@ -484,23 +526,26 @@ class App:
         if self.auth is not None:
             refusal = self.auth.admit(scope, path, verb)
             if refusal is not None:
-                if self.metrics is not None and verb == "POST" and _is_call(path):
-                    _, _, service, method = path.split("/")
-                    self.metrics.calls.record(service, method, str(refusal.code), None)
-                return await _send(send, error_response(refusal), _challenge(refusal))
+                codec = Codec.JSON
+                if verb == "POST" and _is_call(path):
+                    codec = error_codec(_headers(scope))  # a caller that speaks msgpack
+                    if self.metrics is not None:
+                        _, _, service, method = path.split("/")
+                        self.metrics.calls.record(service, method, str(refusal.code), None)
+                return await _send(send, error_response(refusal, codec), _challenge(refusal))
         if path.startswith("/rpc/") and path.count("/") == 3:
             if verb != "POST":
                 if verb == "GET":
                     return await _send(send, await self._get(path, root))
                 return await _send(send, _method_not_allowed(verb, "POST"))
             _, _, service, method = path.split("/")
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            headers = _headers(scope)
             try:
-                body = await _read_body(receive, headers, self.max_body_size)
+                body = await _read_body(receive, headers, self.dispatcher.max_body_size)
             except TetherError as exc:
                 if self.metrics is not None:
                     self.metrics.calls.record(service, method, str(exc.code), None)
-                return await _send(send, error_response(exc))
+                return await _send(send, error_response(exc, error_codec(headers)))
             # Each ASGI request runs in a task of its own: no task per call.
             response = await self.dispatcher.dispatch(
                 service, method, body, headers, own_task=False
@@ -555,18 +600,15 @@ class App:
         )
 
 
-def _too_large(limit: int) -> TetherError:
-    return TetherError(
-        f"request body larger than the limit of {limit} bytes",
-        code=StatusCode.RESOURCE_EXHAUSTED,
-        http_status=413,
-    )
+def _headers(scope: Scope) -> dict[str, str]:
+    """The request headers by (lower-case) name."""
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
 async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -576,7 +618,7 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> b
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise body_too_large(limit)
         if not message.get("more_body", False):
             if not chunks:
                 return chunk  # the usual case: the whole body in one message

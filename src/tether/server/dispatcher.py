@@ -35,6 +35,10 @@ log = logging.getLogger("tether.server")
 
 TIMEOUT_HEADER = "tether-timeout-ms"
 REQUEST_ID_HEADER = "tether-request-id"
+#: The largest request body in bytes an App accepts by default (8 MiB).
+DEFAULT_MAX_BODY_SIZE = 8 * 1024 * 1024
+# More digits than this in tether-timeout-ms (over 31 000 years) is not a deadline.
+_MAX_TIMEOUT_DIGITS = 15
 
 _clock = time.perf_counter
 _CANCELLED = StatusCode.CANCELLED.value
@@ -75,12 +79,21 @@ class Dispatcher:
     Args:
         debug: put tracebacks of unexpected exceptions into ``details``.
         max_workers: threads that run sync methods (never the event loop).
+        max_body_size: the largest request body in bytes; a larger one is
+            refused ``resource_exhausted`` (HTTP 413) whatever carried it.
     """
 
-    def __init__(self, *, debug: bool = False, max_workers: int = 32) -> None:
+    def __init__(
+        self,
+        *,
+        debug: bool = False,
+        max_workers: int = 32,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+    ) -> None:
         self.services: dict[str, ServiceSpec] = {}
         self._methods: dict[tuple[str, str], HostedMethod] = {}
         self.debug = debug
+        self.max_body_size = max_body_size
         self._max_workers = max_workers
         self._executor: ThreadPoolExecutor | None = None
         # Set by App(auth=...): every call is authenticated and authorized in prepare.
@@ -158,7 +171,9 @@ class Dispatcher:
         the deadline and validate arguments.
 
         Raises:
-            TetherError: with the code and HTTP status to answer.
+            TetherError: with the code and HTTP status to answer
+                (``resource_exhausted`` with 413 for a body over
+                :attr:`max_body_size`).
         """
         return Prepared(*self._prepare(service, method, body, headers))
 
@@ -166,6 +181,9 @@ class Dispatcher:
         self, service: str, method: str, body: bytes, headers: Mapping[str, str]
     ) -> tuple[HostedMethod, dict[str, Any], CallContext, Codec]:
         # The hot path of every call: tuples, not a Prepared.
+        if len(body) > self.max_body_size:
+            # HTTP refuses it while reading; this covers in-process callers.
+            raise body_too_large(self.max_body_size)
         target, ctx, codec, response_codec = self._route(service, method, headers)
         return target, target.spec.decode_arguments(body, codec), ctx, response_codec
 
@@ -232,7 +250,7 @@ class Dispatcher:
         try:
             target, arguments, ctx, codec = self._prepare(service, method, body, headers)
         except Exception as exc:
-            return self._refused(exc, _error_codec(headers), service, method, start)
+            return self._refused(exc, error_codec(headers), service, method, start)
         stats = target.stats
         if stats is not None:
             stats.enter()
@@ -262,13 +280,14 @@ class Dispatcher:
         A sync method runs inline: its deadline is checked before and after
         but cannot cut it short. An async method runs through ``run_async``
         (coroutine, timeout seconds), which the sync client backs with its
-        own event-loop thread. Never raises.
+        own event-loop thread. A body over :attr:`max_body_size` is refused
+        ``resource_exhausted`` (413), as HTTP refuses it. Never raises.
         """
         start = _clock() if self.metrics is not None else 0.0
         try:
             target, arguments, ctx, codec = self._prepare(service, method, body, headers)
         except Exception as exc:
-            return self._refused(exc, _error_codec(headers), service, method, start)
+            return self._refused(exc, error_codec(headers), service, method, start)
         stats = target.stats
         if stats is not None:
             stats.enter()
@@ -304,6 +323,8 @@ class Dispatcher:
         """
         start = _clock() if self.metrics is not None else 0.0
         try:
+            if len(body) > self.max_body_size:
+                raise body_too_large(self.max_body_size)
             target, ctx, _, _ = self._route(service, method, headers, codec)
             arguments = target.spec.decode_arguments(body, codec)
         except Exception as exc:
@@ -525,6 +546,15 @@ class Dispatcher:
         return exc
 
 
+def body_too_large(limit: int) -> TetherError:
+    """The error for a request body over ``limit`` bytes: ``resource_exhausted``, HTTP 413."""
+    return TetherError(
+        f"request body larger than the limit of {limit} bytes",
+        code=StatusCode.RESOURCE_EXHAUSTED,
+        http_status=413,
+    )
+
+
 def error_response(exc: TetherError, codec: Codec = Codec.JSON) -> Response:
     """Encode ``exc`` as an error envelope with its HTTP status."""
     try:
@@ -535,7 +565,9 @@ def error_response(exc: TetherError, codec: Codec = Codec.JSON) -> Response:
     return Response(exc.http_status, codec.content_type, body)
 
 
-def _error_codec(headers: Mapping[str, str]) -> Codec:
+def error_codec(headers: Mapping[str, str]) -> Codec:
+    """The codec to answer an error in: as ``accept`` and ``content-type`` negotiate,
+    JSON when they name nothing Tether speaks."""
     try:
         return codec_for_accept(
             headers.get("accept"), codec_for_content_type(headers.get("content-type"))
@@ -545,14 +577,21 @@ def _error_codec(headers: Mapping[str, str]) -> Codec:
 
 
 def _header_seconds(header: str) -> float:
-    """The ``tether-timeout-ms`` header in seconds."""
-    try:
+    """The ``tether-timeout-ms`` header in seconds.
+
+    Raises:
+        TetherError: ``invalid_argument`` unless it is 1 to 15 ASCII digits
+            (``int`` alone would take ``-5``, ``1_000``, ``" 7"`` and numbers
+            too large for a float).
+    """
+    if header.isdigit() and header.isascii() and len(header) <= _MAX_TIMEOUT_DIGITS:
         return int(header) / 1000
-    except ValueError:
-        raise TetherError(
-            f"{TIMEOUT_HEADER} must be a whole number of milliseconds, got {header!r}",
-            code=StatusCode.INVALID_ARGUMENT,
-        ) from None
+    shown = header if len(header) <= 40 else header[:40] + "..."
+    raise TetherError(
+        f"{TIMEOUT_HEADER} must be a whole number of milliseconds "
+        f"(at most {_MAX_TIMEOUT_DIGITS} digits), got {shown!r}",
+        code=StatusCode.INVALID_ARGUMENT,
+    )
 
 
 class _Resume:
