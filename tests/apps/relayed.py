@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import tether
 from tether.context import current_call
@@ -31,8 +32,9 @@ class WhoAmI:
         """The length of ``data``; not idempotent."""
         ...
 
-    async def pause(self, seconds: float) -> float:
-        """Waits ``seconds``, then returns them."""
+    async def pause(self, seconds: float, started: str = "") -> float:
+        """Waits ``seconds``, then returns them; first writes the file ``started``
+        (a path, when given), so a test knows the call is running."""
         ...
 
     def blob(self, size: int) -> bytes:
@@ -55,7 +57,9 @@ class WhoAmIImpl(WhoAmI):
     def size(self, data: bytes) -> int:
         return len(data)
 
-    async def pause(self, seconds: float) -> float:
+    async def pause(self, seconds: float, started: str = "") -> float:
+        if started:
+            Path(started).write_text(app.instance_id)
         await asyncio.sleep(seconds)
         return seconds
 

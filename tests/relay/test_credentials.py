@@ -14,6 +14,7 @@ import trustme
 
 import tether
 from tests.apps.relayed import app as relayed_app
+from tests.fixtures.relay import RelayProcess, tether_cli
 from tests.relay.conftest import ConfiguredNats, RunAsync
 from tests.relay.nats_auth import keypair, operator_setup
 from tether.server.relay import RelayServer
@@ -131,6 +132,111 @@ def test_tls(configured_nats: Start, run_async: RunAsync[Any], tmp_path: Path) -
         assert "CERTIFICATE_VERIFY_FAILED" in caught.value.message
     finally:
         run_async(relay.stop())
+
+
+class TlsFiles:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+
+    def __init__(self, folder: Path) -> None:
+        ca = trustme.CA()
+        self.ca = folder / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca))
+        self.server_cert, self.server_key = folder / "server.pem", folder / "server.key"
+        server = ca.issue_cert("127.0.0.1")
+        server.cert_chain_pems[0].write_to_path(str(self.server_cert))
+        server.private_key_pem.write_to_path(str(self.server_key))
+        self.client_cert, self.client_key = folder / "client.pem", folder / "client.key"
+        client = ca.issue_cert("relay-client@example.com")
+        client.cert_chain_pems[0].write_to_path(str(self.client_cert))
+        client.private_key_pem.write_to_path(str(self.client_key))
+
+    def verifying_config(self) -> str:
+        """nats-server TLS that requires and verifies a client certificate."""
+        return (
+            f'tls {{ cert_file: "{self.server_cert}", key_file: "{self.server_key}", '
+            f'ca_file: "{self.ca}", verify: true }}\n'
+        )
+
+
+def test_mutual_tls(configured_nats: Start, run_async: RunAsync[Any], tmp_path: Path) -> None:
+    files = TlsFiles(tmp_path)
+    server = configured_nats(config=files.verifying_config())
+    mutual = NatsCredentials(
+        tls_ca_bundle=files.ca, tls_cert=files.client_cert, tls_key=files.client_key
+    )
+    assert serve_and_call(run_async, server.url, mutual, mutual) == 11
+    with tether.Client(timeout=5, settings=Settings()) as client:  # no client certificate
+        with pytest.raises(
+            tether.Unavailable, match=r"cannot connect to NATS.*TLS failed"
+        ) as caught:
+            client.relay(server.url, credentials=NatsCredentials(tls_ca_bundle=files.ca)).call(
+                "whoami.echo", n=1
+            )
+    assert caught.value.details == {"sent": False}
+    with pytest.raises(ValueError, match="cannot load the NATS TLS files"):
+        NatsCredentials(tls_cert=tmp_path / "missing.pem").ssl_context()
+
+
+def test_credentials_from_the_environment(configured_nats: Start, tmp_path: Path) -> None:
+    """``tether serve --relay`` and ``tether call nats://`` read the TETHER_NATS_* settings:
+    mutual TLS and an NKey on one server, a .creds file on another."""
+    files = TlsFiles(tmp_path)
+    seed, _, public = keypair(nkeys.PREFIX_BYTE_USER)
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_text(seed)
+    tls_and_nkey = configured_nats(
+        config=files.verifying_config()
+        + f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n'
+    )
+    tls_env = {
+        "TETHER_NATS_TLS_CA_BUNDLE": str(files.ca),
+        "TETHER_NATS_TLS_CERT": str(files.client_cert),
+        "TETHER_NATS_TLS_KEY": str(files.client_key),
+    }
+    nkey_env = {**tls_env, "TETHER_NATS_NKEY_SEED_FILE": str(seed_file)}
+    operator_config, creds_file = operator_setup(tmp_path)
+    with_creds = configured_nats(config=operator_config)
+    creds_env = {"TETHER_NATS_CREDS_FILE": str(creds_file)}
+    for server, env, partial in ((tls_and_nkey, nkey_env, tls_env), (with_creds, creds_env, {})):
+        with RelayProcess("tests.apps.relayed:app", server.url, env=env) as relay:
+            called = tether_cli(
+                "call", f"{server.url}#{relay.instance_id}", "whoami.echo", "n:=4", env=env
+            )
+            assert called.returncode == 0, called.stderr
+            assert called.stdout.strip() == "4"
+            refused = tether_cli("call", server.url, "whoami.echo", "n:=4", env=partial)
+            assert refused.returncode == 1 and "unauthenticated" in refused.stderr, refused.stderr
+            assert "rejected the credentials" in refused.stderr
+
+
+def test_a_refused_subscription_fails_start(
+    configured_nats: Start, run_async: RunAsync[Any]
+) -> None:
+    """NATS lets the relay in but not subscribe to tether.rpc.>: start() says so
+    instead of logging "serving" while callers get no responders."""
+    server = configured_nats(
+        config=(
+            "authorization { users = [\n"
+            '  { user: svc, password: s, permissions: { subscribe: { deny: ["tether.rpc.>"] } } }\n'
+            "] }\n"
+        )
+    )
+    login = NatsCredentials(user="svc", password="s")
+    relay = RelayServer(relayed_app, server.url, credentials=login, settings=Settings())
+    with pytest.raises(tether.TetherError) as caught:
+        run_async(relay.start())
+    assert caught.value.code is tether.StatusCode.PERMISSION_DENIED
+    assert 'subscription to "tether.rpc.whoami.*"' in caught.value.message
+    assert "tether.inst" not in caught.value.message.partition(". Allow")[0]  # that one was allowed
+    assert "stopped" in repr(relay)
+    # The same from the command line: exit 1, nothing logged as serving.
+    env = {"TETHER_NATS_USER": "svc", "TETHER_NATS_PASSWORD": "s"}
+    served = tether_cli(
+        "serve", "tests.apps.relayed:app", "--relay", server.url, "--no-http", env=env
+    )
+    output = served.stdout + served.stderr
+    assert served.returncode == 1, output
+    assert "permission_denied" in output and "relay: serving" not in output
 
 
 def test_nats_credentials_are_exported_without_importing_nats_py_eagerly() -> None:

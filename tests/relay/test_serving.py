@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 import tether
 from tests.apps.relayed import WhoAmI
-from tests.fixtures.relay import RelayProcess
-from tests.fixtures.servers import ROOT, ServerProcess
+from tests.fixtures.relay import RelayProcess, tether_cli, wait_for
+from tests.fixtures.servers import ServerProcess
 
 
 def test_serve_http_and_relay_together(nats_url: str, client: tether.Client) -> None:
@@ -29,16 +26,6 @@ def test_serve_http_and_relay_together(nats_url: str, client: tether.Client) -> 
         server.stop()
     with pytest.raises(tether.Unavailable):
         client.relay(nats_url, over_http).call("whoami.instance")
-
-
-def tether_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tether.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
 
 
 def test_cli_call_through_the_relay(pair: list[RelayProcess]) -> None:
@@ -87,17 +74,39 @@ def listening_sockets(pid: int) -> list[str]:
     return listening
 
 
-def test_serve_relay_stops_gracefully_on_sigterm(nats_url: str, client: tether.Client) -> None:
+def test_serve_relay_stops_gracefully_on_sigterm(
+    nats_url: str, client: tether.Client, tmp_path: Path
+) -> None:
     """SIGTERM: no new calls are taken, the call in progress still gets its answer."""
     relay = RelayProcess("tests.apps.relayed:app", nats_url).start()
     conn = client.relay(nats_url, relay.instance_id)
-    answers: list[float] = []
-    caller = threading.Thread(target=lambda: answers.append(conn.call("whoami.pause", seconds=0.5)))
+    assert conn.call("whoami.echo", n=1) == 1  # the client's NATS connection is open
+    started = tmp_path / "started"
+    answers: list[object] = []
+
+    def call() -> None:
+        try:
+            answers.append(conn.call("whoami.pause", seconds=0.5, started=str(started)))
+        except tether.TetherError as exc:
+            answers.append(exc)
+
+    caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.2)
+    wait_for(started.exists, 20, "the call starting on the server")  # SIGTERM only then
     assert relay.stop() == 0
-    caller.join(5)
+    caller.join(20)
     assert answers == [0.5]
     assert "stopped" in relay.output
     with pytest.raises(tether.Unavailable):
         conn.call("whoami.echo", n=1)
+
+
+def test_an_unreachable_nats_is_reported_once_without_a_reconnect_warning() -> None:
+    """A relay that never connected says so, and not that it lost a connection."""
+    result = tether_cli(
+        "serve", "tests.apps.relayed:app", "--relay", "nats://127.0.0.1:9", "--no-http"
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "cannot connect to NATS at nats://127.0.0.1:9" in output
+    assert "lost the connection" not in output and "reconnecting" not in output

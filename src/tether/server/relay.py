@@ -65,6 +65,9 @@ class RelayServer:
         reconnect_wait: seconds between reconnection attempts after an outage.
         drain_timeout: seconds :meth:`stop` waits for calls in progress.
 
+    Attributes:
+        calls_received: requests this relay took from NATS since it was made.
+
     Raises:
         ValueError: a service or method name, or the instance id, cannot be a
             NATS subject token (holds ``.``, ``*``, ``>`` or whitespace).
@@ -94,6 +97,7 @@ class RelayServer:
         self._subscriptions: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.calls_received = 0
         self._denied: list[str] | None = None  # permission errors, collected during start()
 
     def __repr__(self) -> str:
@@ -152,8 +156,11 @@ class RelayServer:
                 self._subscriptions.append(
                     await self._nc.subscribe(subject, queue=queue, cb=self._callback(prefix))
                 )
-            # The subscriptions are in place when start() returns; NATS reports a
-            # refused one (-ERR) before it answers the flush's PING.
+            # The subscriptions are in place when start() returns, and NATS reports
+            # a refused one (-ERR) before it answers a PING sent after it. Twice:
+            # nats-py writes a flush's PING ahead of the SUBs still in its buffer,
+            # which go out right after it; the second PING surely follows them.
+            await self._nc.flush()
             await self._nc.flush()
             if self._denied:
                 raise TetherError(
@@ -219,6 +226,7 @@ class RelayServer:
         cut = len(prefix)
 
         async def on_message(msg: Msg) -> None:
+            self.calls_received += 1
             service, _, method = msg.subject[cut:].partition(".")
             task = asyncio.create_task(self._serve(service, method, msg))
             self._tasks.add(task)
