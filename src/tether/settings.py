@@ -42,6 +42,8 @@ class Settings(BaseSettings):
             default: a SQLite file in ``state_dir``.
         job_store_url: ``sqlite:///path`` or ``postgresql://...``; default: a
             SQLite file in ``state_dir``.
+        url: the default Tether server URL for commands and ``client.jobs``
+            (``TETHER_URL``), e.g. ``http://127.0.0.1:8000``; None: none.
         default_timeout: seconds per call when the caller gives none.
         credentials_path: the client's credentials file (mode 0600).
         tls_ca_bundle: CA bundle (PEM) clients verify servers with.
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     registry_url: str | None = None
     job_store_url: str | None = None
+    url: str | None = None
     default_timeout: float = Field(30.0, gt=0)
     credentials_path: Path | None = None
     tls_ca_bundle: Path | None = None
