@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -23,20 +24,75 @@ if TYPE_CHECKING:
     from tether.jobs.worker import Worker
 
 jobs_app = typer.Typer(
-    help="Submit jobs to a server's /jobs API, inspect, cancel and wait for them.",
+    help="Submit jobs to a server's /jobs API, inspect, cancel and wait for them. The server: "
+    "--url, else TETHER_URL (or url in tether.toml).",
     no_args_is_help=True,
 )
 
-Url = Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000.")]
-JobId = Annotated[str, typer.Argument(help="The job's id.")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        "-u",
+        help="The server, e.g. http://127.0.0.1:8000 (default: TETHER_URL, url in tether.toml).",
+    ),
+]
 Timeout = Annotated[float, typer.Option(help="Seconds per request before giving up.")]
+
+
+def _looks_like_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
+
+
+def _server(option: str | None, positional: str | None = None) -> str:
+    """The server URL: ``--url``, a URL given first (the older form), else the settings'.
+
+    Raises:
+        typer.Exit: none is known (exit 2, naming TETHER_URL).
+    """
+    if option and positional and option.rstrip("/") != positional.rstrip("/"):
+        err.print(
+            f"[bold red]error[/]: two servers given: --url {option} and {positional}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    url = option or positional
+    if not url:
+        from tether.settings import get_settings
+
+        url = get_settings().url
+    if not url:
+        err.print(
+            "[bold red]error[/]: no server: give --url URL, or set TETHER_URL "
+            "(or url in tether.toml)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    return url
+
+
+def _split(words: list[str], what: str) -> tuple[str | None, str]:
+    """``[URL] VALUE`` positionals: the URL (None when absent) and the value."""
+    if len(words) == 2 and _looks_like_url(words[0]):
+        return words[0], words[1]
+    if len(words) == 1 and not _looks_like_url(words[0]):
+        return None, words[0]
+    err.print(
+        f"[bold red]error[/]: expected [URL] {what}, got {' '.join(words)!r}", highlight=False
+    )
+    raise typer.Exit(2)
 
 
 def _jobs(url: str, timeout: float) -> tuple[Any, JobsClient]:
     from tether.client.client import Client
 
     client = Client(timeout=timeout)
-    return client, client.connect(url).jobs
+    try:
+        return client, client.connect(url).jobs
+    except ValueError as exc:
+        client.close()
+        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _show(job: Job) -> None:
@@ -94,12 +150,14 @@ def _finish(job: Job) -> None:
 
 @jobs_app.command()
 def submit(
-    url: Url,
-    type: Annotated[str, typer.Argument(help="The job type.")],
-    arguments: Annotated[
-        list[str] | None,
-        typer.Argument(help="Parameters: name=text or name:=JSON."),
-    ] = None,
+    words: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="TYPE [PARAMETER]",
+            help="The job type, then parameters: name=text or name:=JSON (a server URL "
+            "before the type is accepted too, as --url).",
+        ),
+    ],
     json_parameters: Annotated[
         str | None, typer.Option("--json", help="All parameters as one JSON object.")
     ] = None,
@@ -117,20 +175,29 @@ def submit(
     idempotency_key: Annotated[
         str | None, typer.Option(help="Submitting the same key again returns the same job.")
     ] = None,
+    url: UrlOption = None,
     timeout: Timeout = 30.0,
 ) -> None:
     """Submit a job (parameters are validated by the server) and print it, or with
     --wait its result.
 
-    Example: tether jobs submit http://127.0.0.1:8000 checksum
-    --json '{"paths": ["README.md"]}' --wait
+    Example: tether jobs submit checksum --json '{"paths": ["README.md"]}' --wait
+    (with TETHER_URL set, or --url http://127.0.0.1:8000)
     """
+    given = None
+    if words and _looks_like_url(words[0]):
+        given, words = words[0], words[1:]
+    if not words:
+        err.print("[bold red]error[/]: the job type is missing", highlight=False)
+        raise typer.Exit(2)
+    type, arguments = words[0], words[1:]
+    server = _server(url, given)
     try:
         parameters = parse_arguments(arguments or [], json_parameters)
     except ValueError as exc:
         err.print(f"[bold red]error[/]: {exc}", highlight=False)
         raise typer.Exit(2) from None
-    client, jobs = _jobs(url, timeout)
+    client, jobs = _jobs(server, timeout)
     try:
         handle = jobs.submit(
             type,
@@ -153,10 +220,17 @@ def submit(
     _finish(job)
 
 
+JobWords = Annotated[
+    list[str],
+    typer.Argument(metavar="ID", help="The job's id (a server URL before it is accepted too)."),
+]
+
+
 @jobs_app.command()
-def get(url: Url, job_id: JobId, timeout: Timeout = 30.0) -> None:
+def get(words: JobWords, url: UrlOption = None, timeout: Timeout = 30.0) -> None:
     """Print a job: state, progress, result or error."""
-    client, jobs = _jobs(url, timeout)
+    given, job_id = _split(words, "ID")
+    client, jobs = _jobs(_server(url, given), timeout)
     try:
         _show(jobs.fetch(job_id))
     except TetherError as exc:
@@ -167,7 +241,9 @@ def get(url: Url, job_id: JobId, timeout: Timeout = 30.0) -> None:
 
 @jobs_app.command("list")
 def list_jobs(
-    url: Url,
+    given: Annotated[
+        str | None, typer.Argument(metavar="[URL]", help="The server (or --url).")
+    ] = None,
     state: Annotated[
         str | None, typer.Option(help="queued, running, succeeded, failed, cancelled.")
     ] = None,
@@ -175,12 +251,13 @@ def list_jobs(
     queue: Annotated[str | None, typer.Option(help="Only this queue.")] = None,
     limit: Annotated[int, typer.Option(help="Jobs per page.")] = 50,
     cursor: Annotated[str | None, typer.Option(help="next_cursor of the previous page.")] = None,
+    url: UrlOption = None,
     timeout: Timeout = 30.0,
 ) -> None:
     """List jobs, newest first: a table in a terminal, JSON ({jobs, next_cursor}) when piped."""
     from tether.jobs.wire import job_to_wire
 
-    client, jobs = _jobs(url, timeout)
+    client, jobs = _jobs(_server(url, given), timeout)
     try:
         page = jobs.list(type=type, state=state, queue=queue, limit=limit, cursor=cursor)
     except TetherError as exc:
@@ -211,9 +288,10 @@ def list_jobs(
 
 
 @jobs_app.command()
-def cancel(url: Url, job_id: JobId, timeout: Timeout = 30.0) -> None:
+def cancel(words: JobWords, url: UrlOption = None, timeout: Timeout = 30.0) -> None:
     """Cancel a job (a running one stops at its worker's next heartbeat)."""
-    client, jobs = _jobs(url, timeout)
+    given, job_id = _split(words, "ID")
+    client, jobs = _jobs(_server(url, given), timeout)
     try:
         _show(jobs.cancel(job_id))
     except TetherError as exc:
@@ -224,14 +302,16 @@ def cancel(url: Url, job_id: JobId, timeout: Timeout = 30.0) -> None:
 
 @jobs_app.command()
 def wait(
-    url: Url,
-    job_id: JobId,
+    words: JobWords,
     wait_timeout: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait at most.")
     ] = 3600.0,
+    url: UrlOption = None,
 ) -> None:
-    """Wait for a job with a progress bar; print its result (exit 1 if it failed)."""
-    client, jobs = _jobs(url, 30.0)
+    """Wait for a job with a progress bar (on a terminal); print its result (exit 1
+    if it failed or was cancelled)."""
+    given, job_id = _split(words, "ID")
+    client, jobs = _jobs(_server(url, given), 30.0)
     try:
         job = _follow(jobs, jobs.fetch(job_id), wait_timeout)
     except TetherError as exc:
@@ -242,9 +322,15 @@ def wait(
 
 
 @jobs_app.command()
-def types(url: Url, timeout: Timeout = 30.0) -> None:
+def types(
+    given: Annotated[
+        str | None, typer.Argument(metavar="[URL]", help="The server (or --url).")
+    ] = None,
+    url: UrlOption = None,
+    timeout: Timeout = 30.0,
+) -> None:
     """List the server's job types with their schemas and options (JSON)."""
-    client, jobs = _jobs(url, timeout)
+    client, jobs = _jobs(_server(url, given), timeout)
     try:
         emit(jobs.types())
     except TetherError as exc:
@@ -299,13 +385,34 @@ def worker(
         float, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
     ] = 30.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    token: Annotated[str | None, typer.Option(help="With --url: an access token to send.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="With --url: an API key to send (visible to ps: prefer 'tether login URL "
+            "--api-key-stdin', whose stored credentials are used by default)."
+        ),
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option(help="With --url: CA bundle to verify the server with.")
+    ] = None,
+    cert: Annotated[
+        Path | None, typer.Option(help="With --url: client certificate (PEM) for mutual TLS.")
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="The client certificate's key (PEM).")] = None,
+    pin_sha256: Annotated[
+        str | None,
+        typer.Option(help="With --url: accept only the server certificate with this SHA-256."),
+    ] = None,
 ) -> None:
     """Run jobs: claim them with leases, run their handlers, report results.
 
     Straight on the job store (TETHER_JOB_STORE_URL, App(job_store=...), or the SQLite
-    file in the state directory) unless --url names a server to work through.
-    SIGTERM/SIGINT: stop claiming, let running jobs finish for --grace seconds, hand
-    back the rest (a second signal hands them back at once).
+    file in the state directory) unless --url names a server to work through (with
+    the credentials 'tether login' stored for it, or --token / --api-key, and --ca
+    for a private CA). SIGTERM/SIGINT: stop claiming, let running jobs finish for
+    --grace seconds, then ask them to stop and hand them back (a second signal ends
+    the grace at once; a third exits without waiting for handlers that ignore it).
 
     Example: tether worker examples.inventory.app:app --concurrency 4
     """
@@ -313,6 +420,18 @@ def worker(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     sys.path.insert(0, os.getcwd())
+    remote: dict[str, Any] = {}
+    if url is not None:
+        remote = {
+            "token": token,
+            "api_key": api_key,
+            "ca": ca,
+            "cert": (cert, key) if cert and key else cert,
+            "pin_sha256": pin_sha256,
+        }
+    elif any(v is not None for v in (token, api_key, ca, cert, key, pin_sha256)):
+        err.print("[bold red]error[/]: credentials and TLS options need --url", highlight=False)
+        raise typer.Exit(2)
     try:
         built = load_worker(
             target,
@@ -323,6 +442,7 @@ def worker(
             concurrency=concurrency,
             lease=lease,
             grace=grace,
+            **remote,
         )
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         err.print(f"[bold red]error[/]: cannot start a worker for {target}: {exc}", highlight=False)

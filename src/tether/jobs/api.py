@@ -22,12 +22,19 @@ POST     /jobs/{id}/heartbeat             ``{lease_token, lease_seconds?, progre
                                           -> ``{cancel_requested}``
 POST     /jobs/{id}/complete              ``{lease_token, result}`` -> job; 422 invalid result
                                           (the job fails with ``processing_error``)
-POST     /jobs/{id}/fail                  ``{lease_token, error, retry?, retry_delay?}`` -> job
+POST     /jobs/{id}/fail                  ``{lease_token, error, retry?: bool, retry_delay?}``
+                                          -> job
 POST     /jobs/{id}/release               ``{lease_token}``: hand back unfinished -> job
 POST     /jobs/{id}/mark-cancelled        ``{lease_token}``: acknowledge a cancellation
 =======  ===============================  ==================================================
 
 A lost lease answers 409 (``aborted``).
+
+Under an App with auth, each route is an action whose scopes come from
+``AuthConfig.scopes``: ``jobs.submit`` (``POST /jobs``, plus the job type's own
+``scopes``), ``jobs.read`` (list, get, wait, types, validate), ``jobs.cancel``
+and ``jobs.work`` (claim, heartbeat, complete, fail, release, mark-cancelled).
+A missing scope answers 403 ``permission_denied``.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,7 +59,12 @@ from tether.jobs.errors import JobStoreError
 from tether.jobs.exceptions import InvalidResult, JobValidationError
 from tether.jobs.manager import JobManager
 from tether.jobs.model import Job
-from tether.jobs.store.base import MAX_CLAIM_LIMIT, MAX_LIST_LIMIT
+from tether.jobs.store.base import (
+    MAX_CLAIM_LIMIT,
+    MAX_DELAY_SECONDS,
+    MAX_LEASE_SECONDS,
+    MAX_LIST_LIMIT,
+)
 from tether.jobs.wire import job_to_wire
 
 #: Longest long poll (``wait`` of a claim, ``timeout`` of a wait), in seconds.
@@ -61,6 +73,43 @@ MAX_WAIT = 300.0
 DEFAULT_LEASE = 30.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+#: The action (a name in ``AuthConfig.scopes``) each endpoint performs.
+ACTIONS: dict[str, str] = {
+    "submit": "jobs.submit",
+    "list_jobs": "jobs.read",
+    "get": "jobs.read",
+    "wait": "jobs.read",
+    "list_types": "jobs.read",
+    "get_type": "jobs.read",
+    "validate": "jobs.read",
+    "cancel": "jobs.cancel",
+    "claim": "jobs.work",
+    "heartbeat": "jobs.work",
+    "complete": "jobs.work",
+    "fail": "jobs.work",
+    "release": "jobs.work",
+    "mark_cancelled": "jobs.work",
+}
+#: Where an App with auth leaves its Authenticator in the request's state
+#: (``tether.auth.authenticator.AUTHENTICATOR_KEY``; without it the App has no auth).
+_AUTHENTICATOR_KEY = "tether.auth"
+
+
+def authorize(request: Request, action: str, extra: Iterable[str] = ()) -> None:
+    """Check that the caller may perform ``action`` (plus the scopes ``extra``);
+    nothing to check when the App runs without auth.
+
+    Raises:
+        tether.AuthenticationFailed: auth is on but the request carries no identity.
+        tether.PermissionDenied: a required scope is missing (403).
+    """
+    state = request.scope.get("state") or {}
+    if state.get(_AUTHENTICATOR_KEY) is None:
+        return
+    from tether.auth.authenticator import authorize_request  # loaded only under auth
+
+    authorize_request(request.scope, action, extra)
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
@@ -85,8 +134,11 @@ def _bad(message: str, details: Any = None) -> TetherError:
 def _guard(fn: Endpoint) -> Endpoint:
     """Turn the errors an endpoint raises into envelopes with their HTTP status."""
 
+    action = ACTIONS[fn.__name__]
+
     async def endpoint(request: Request) -> Response:
         try:
+            authorize(request, action)
             return await fn(request)
         except InvalidResult as exc:
             details = {"errors": exc.details, "job": job_to_wire(exc.job) if exc.job else None}
@@ -252,6 +304,9 @@ class JobsAPI:
         type_ = body.get("type")
         if not isinstance(type_, str) or not type_:
             raise _bad("type (a job type name) is required")
+        job_scopes = self.manager.types.get(type_).options.scopes
+        if job_scopes:
+            authorize(request, "jobs.submit", job_scopes)
         parameters = body.get("parameters", {})
         run_at: datetime | None = None
         if body.get("run_at") is not None:
@@ -261,8 +316,8 @@ class JobsAPI:
                 raise _bad("run_at must be an ISO 8601 date-time with a timezone") from None
         if body.get("delay") is not None:
             delay = _number(body["delay"], "delay")
-            if delay < 0:
-                raise _bad("delay must be >= 0 seconds")
+            if not 0 <= delay <= MAX_DELAY_SECONDS:
+                raise _bad(f"delay must be between 0 and {MAX_DELAY_SECONDS:.0f} seconds")
             run_at = datetime.now(UTC) + timedelta(seconds=delay)
         key = body.get("idempotency_key") or request.headers.get("idempotency-key")
         job = await self.manager.submit(
@@ -369,14 +424,23 @@ class JobsAPI:
         limit = _opt_int(body, "limit") or 1
         if not 1 <= limit <= MAX_CLAIM_LIMIT:
             raise _bad(f"limit must be between 1 and {MAX_CLAIM_LIMIT}")
-        lease = _number(body.get("lease_seconds", DEFAULT_LEASE), "lease_seconds")
+        lease = _lease(body)
         wait = min(max(_number(body.get("wait", 0), "wait"), 0.0), MAX_WAIT)
         store = await self.manager.store()
         deadline = time.monotonic() + wait
         while True:
+            if await request.is_disconnected():
+                return Response(status_code=204)  # nobody to hand jobs to
             claims = await store.claim(
                 worker_id=worker_id, queues=queues, types=types, limit=limit, lease_seconds=lease
             )
+            if claims and await request.is_disconnected():
+                # The client left while the claim ran: give the jobs back at once
+                # rather than leave them leased to nobody until the lease ends.
+                for c in claims:
+                    with contextlib.suppress(JobStoreError):
+                        await self.manager.release(c.job.id, c.lease_token)
+                return Response(status_code=204)
             if claims:
                 out = []
                 for c in claims:
@@ -408,7 +472,7 @@ class JobsAPI:
         cancel = await store.heartbeat(
             request.path_params["job_id"],
             self._lease_token(body),
-            lease_seconds=_number(body.get("lease_seconds", DEFAULT_LEASE), "lease_seconds"),
+            lease_seconds=_lease(body),
             progress=None if progress is None else _number(progress, "progress"),
             message=message,
         )
@@ -431,13 +495,18 @@ class JobsAPI:
         if not isinstance(error, dict):
             raise _bad("error must be an object {code, message, details}")
         retry = body.get("retry", True)
+        if not isinstance(retry, bool):
+            raise _bad("retry must be true or false")
         delay = body.get("retry_delay")
+        retry_delay = None if delay is None else _number(delay, "retry_delay")
+        if retry_delay is not None and not 0 <= retry_delay <= MAX_DELAY_SECONDS:
+            raise _bad(f"retry_delay must be between 0 and {MAX_DELAY_SECONDS:.0f} seconds")
         job = await self.manager.fail(
             request.path_params["job_id"],
             self._lease_token(body),
             error,
-            retry=bool(retry),
-            retry_delay=None if delay is None else _number(delay, "retry_delay"),
+            retry=retry,
+            retry_delay=retry_delay,
         )
         return _json(200, job_to_wire(job))
 
@@ -448,7 +517,8 @@ class JobsAPI:
         return _json(200, job_to_wire(job))
 
     async def mark_cancelled(self, request: Request) -> Response:
-        """POST /jobs/{id}/mark-cancelled: the worker stopped a cancelled job."""
+        """POST /jobs/{id}/mark-cancelled: the worker stopped a job whose cancellation
+        was requested (409 ``failed_precondition`` when none was)."""
         body = await self._body(request)
         job = await self.manager.mark_cancelled(
             request.path_params["job_id"], self._lease_token(body)
@@ -470,6 +540,14 @@ def _number(value: Any, name: str) -> float:
     if not math.isfinite(number):
         raise _bad(f"{name} must be a finite number")
     return number
+
+
+def _lease(body: dict[str, Any]) -> float:
+    """The ``lease_seconds`` of a body: in (0, MAX_LEASE_SECONDS]."""
+    lease = _number(body.get("lease_seconds", DEFAULT_LEASE), "lease_seconds")
+    if not 0 < lease <= MAX_LEASE_SECONDS:
+        raise _bad(f"lease_seconds must be > 0 and at most {MAX_LEASE_SECONDS:.0f}")
+    return lease
 
 
 def _int_param(value: Any, name: str, default: int) -> int:

@@ -8,7 +8,8 @@ one it talks to.
   validates results with the job types it knows and sweeps expired leases.
   It suits Python workers next to the database.
 * :class:`HTTPBackend` speaks the ``/jobs`` HTTP API of a running App, as a
-  worker in any language would; the server validates and sweeps.
+  worker in any language would; the server validates and sweeps. It sends the
+  credentials and uses the TLS choices a ``tether.Client`` connection would.
 """
 
 from __future__ import annotations
@@ -18,19 +19,28 @@ import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.codec import Codec, decode_any
 from tether.errors import TetherError, error_from_envelope
-from tether.jobs.errors import JobNotFound, LeaseLost
+from tether.jobs.errors import IllegalTransition, JobNotFound, LeaseLost
 from tether.jobs.exceptions import InvalidResult
 from tether.jobs.manager import JobManager
 from tether.jobs.model import Job
 from tether.jobs.wire import job_from_wire
 from tether.transports.http_async import AsyncHTTPTransport
 
+if TYPE_CHECKING:
+    from tether.client.auth import ClientAuth
+    from tether.settings import Settings
+
 #: Seconds an HTTP call of a worker may take (long polls add their wait).
 HTTP_TIMEOUT = 30.0
+#: Longest single claim long poll over HTTP, in seconds: a stopping worker waits for the
+#: one in flight (abandoning it could strand jobs the server claims as the client
+#: leaves), so this bounds how long a stop takes.
+HTTP_CLAIM_CHUNK = 2.0
 
 
 @dataclass(frozen=True)
@@ -103,15 +113,34 @@ class Backend(Protocol):
     async def fail(
         self, job_id: str, lease_token: str, error: Mapping[str, Any], retry: bool
     ) -> None:
-        """Record a failed attempt (retried after the type's backoff when ``retry``)."""
+        """Record a failed attempt (retried after the type's backoff when ``retry``).
+
+        Args:
+            error: ``{code, message, details}``.
+
+        Raises:
+            LeaseLost, JobNotFound: the job is no longer this worker's.
+            tether.Unavailable, tether.DeadlineExceeded, sqlite3.OperationalError,
+                psycopg.OperationalError: the server or store could not be reached
+                (worth another try).
+        """
         ...
 
     async def release(self, job_id: str, lease_token: str) -> None:
-        """Hand the job back unfinished."""
+        """Hand the job back unfinished.
+
+        Raises:
+            LeaseLost, JobNotFound: the job is no longer this worker's.
+        """
         ...
 
     async def mark_cancelled(self, job_id: str, lease_token: str) -> None:
-        """Acknowledge a cancellation."""
+        """Acknowledge a cancellation.
+
+        Raises:
+            LeaseLost, JobNotFound: the job is no longer this worker's.
+            IllegalTransition: no cancellation was requested.
+        """
         ...
 
 
@@ -226,13 +255,50 @@ class HTTPBackend:
     """A worker backend on the ``/jobs`` HTTP API of a running App.
 
     Args:
-        url: the App's base URL (``http://host:port``); the API is at ``/jobs``.
+        url: the App's base URL (``http(s)://host:port``); the API is at ``/jobs``.
         timeout: seconds per HTTP call (long polls add their wait).
+        token, api_key, username, password, cert, ca, pin_sha256: credentials and
+            TLS choices, as for ``tether.Client.connect``; none given: the
+            credentials file's entry for ``url`` (``tether login``), then the settings.
+        settings: where those defaults come from (default: ``get_settings()``).
+
+    Raises:
+        ValueError: not an http(s) URL, or conflicting credentials.
     """
 
-    def __init__(self, url: str, *, timeout: float = HTTP_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = HTTP_TIMEOUT,
+        token: str | None = None,
+        api_key: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        cert: tuple[str | Path, str | Path] | str | Path | None = None,
+        ca: str | Path | None = None,
+        pin_sha256: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        from tether.client.auth import resolve
+        from tether.settings import get_settings
+
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"not an http(s) URL: {url!r}")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.auth: ClientAuth | None
+        self.auth, self._ssl = resolve(
+            self.url,
+            settings or get_settings(),
+            token=token,
+            api_key=api_key,
+            username=username,
+            password=password,
+            cert=cert,
+            ca=ca,
+            pin_sha256=pin_sha256,
+        )
         self._transport: AsyncHTTPTransport | None = None
 
     def __repr__(self) -> str:
@@ -241,13 +307,26 @@ class HTTPBackend:
     async def open(self) -> None:
         """Prepare the connection pool (connections open on first use)."""
         if self._transport is None:
-            self._transport = AsyncHTTPTransport(self.url)
+            self._transport = AsyncHTTPTransport(self.url, ssl_context=self._ssl)
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool (and the credentials' own, if any)."""
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.close()
+        closer = getattr(self.auth, "close", None)
+        if closer is not None:
+            closer()
+
+    async def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        if self.auth is not None:
+            # A token renewal is a blocking request: off the event loop.
+            fresh = self.auth.fresh()
+            headers.update(
+                self.auth.headers() if fresh else await asyncio.to_thread(self.auth.headers)
+            )
+        return headers
 
     async def _post(
         self, path: str, body: Mapping[str, Any], timeout: float | None = None
@@ -255,13 +334,19 @@ class HTTPBackend:
         if self._transport is None:
             await self.open()
         assert self._transport is not None
+        payload = json.dumps(body).encode()
+        seconds = timeout or self.timeout
         raw = await self._transport.request(
-            "POST",
-            "/jobs" + path,
-            json.dumps(body).encode(),
-            {"content-type": "application/json", "accept": "application/json"},
-            timeout or self.timeout,
+            "POST", "/jobs" + path, payload, await self._headers(), seconds
         )
+        if (
+            raw.status == 401
+            and self.auth is not None
+            and await asyncio.to_thread(self.auth.on_unauthorized)
+        ):
+            raw = await self._transport.request(
+                "POST", "/jobs" + path, payload, await self._headers(), seconds
+            )
         data: Any = None
         if raw.body:
             try:
@@ -282,36 +367,30 @@ class HTTPBackend:
         wait: float,
         stop: asyncio.Event,
     ) -> list[Claimed]:
-        """See :meth:`Backend.claim`: ``POST /jobs/claim`` as a long poll; a stop
-        abandons the request (the server claims nothing for a client that left)."""
-        body = {
-            "worker_id": worker_id,
-            "queues": list(queues),
-            "types": None if types is None else list(types),
-            "limit": limit,
-            "lease_seconds": lease_seconds,
-            "wait": wait,
-        }
-        request = asyncio.ensure_future(self._post("/claim", body, self.timeout + wait))
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({request, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopper
-        if not request.done():
-            request.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TetherError):
-                await request
-            return []
-        status, data = request.result()
-        if status == 204 or not data:
-            return []
-        return [
-            Claimed(job_from_wire(entry), entry["lease_token"], entry.get("timeout"))
-            for entry in data["jobs"]
-        ]
+        """See :meth:`Backend.claim`: ``POST /jobs/claim`` long polls of at most
+        ``HTTP_CLAIM_CHUNK`` seconds each. A stop never abandons the request in
+        flight (the server could claim jobs for a client that left): it ends
+        the polling once that request answers, with what it brought."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            chunk = min(max(deadline - loop.time(), 0.0), HTTP_CLAIM_CHUNK)
+            body = {
+                "worker_id": worker_id,
+                "queues": list(queues),
+                "types": None if types is None else list(types),
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+                "wait": chunk,
+            }
+            status, data = await self._post("/claim", body, self.timeout + chunk)
+            if status != 204 and data and data.get("jobs"):
+                return [
+                    Claimed(job_from_wire(entry), entry["lease_token"], entry.get("timeout"))
+                    for entry in data["jobs"]
+                ]
+            if stop.is_set() or loop.time() >= deadline:
+                return []
 
     async def heartbeat(
         self,
@@ -381,6 +460,11 @@ def _http_error(path: str, status: int, data: Any) -> Exception:
             return LeaseLost(job_id, str(details.get("reason") or error.get("message") or ""))
         if status == 404 and kind == "JobNotFound":
             return JobNotFound(job_id)
+        if status == 409 and kind == "IllegalTransition":
+            details = error.get("details") or {}
+            return IllegalTransition(
+                str(details.get("source") or ""), str(details.get("target") or ""), job_id
+            )
         if status == 422 and kind == "InvalidResult":
             details = error.get("details") or {}
             return InvalidResult(str(error.get("message") or ""), details.get("errors"))

@@ -1,12 +1,14 @@
-"""The Python client of the jobs API: ``connection.jobs`` and job handles.
+"""The Python client of the jobs API: ``connection.jobs``, ``client.jobs`` and job handles.
 
-``client.connect(url).jobs`` talks to the App's ``/jobs`` HTTP API;
+``client.jobs`` is the jobs API of the default server (``settings.url``,
+``TETHER_URL``; see :func:`default_jobs`); ``client.connect(url).jobs`` talks to
+the ``/jobs`` HTTP API of the App at ``url``;
 ``client.integrated(app).jobs`` sends the same requests to the App in-process
 (through its ASGI interface, so through the same validation and its store).
 ``AsyncClient`` connections give the async twins::
 
     with tether.Client() as client:
-        jobs = client.connect("http://127.0.0.1:8000").jobs
+        jobs = client.jobs            # or client.connect("http://127.0.0.1:8000").jobs
         job = jobs.submit("checksum", {"paths": ["README.md"]})
         job.wait(timeout=60)            # long polls; DeadlineExceeded past 60 s
         print(job.result)               # the validated result (a dict)
@@ -18,6 +20,7 @@ import asyncio
 import builtins
 import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +34,7 @@ from tether.jobs.model import Job, JobState
 from tether.jobs.wire import job_from_wire
 
 if TYPE_CHECKING:
+    from tether.client.client import AsyncClient, Client
     from tether.client.connection import AsyncConnection, Connection
     from tether.transports.base import RawResponse
 
@@ -202,7 +206,22 @@ class JobsClient:
         limit: int = 50,
         cursor: str | None = None,
     ) -> JobPage:
-        """One page of jobs, newest first, filtered by ``type``, ``state``, ``queue``."""
+        """One page of jobs, newest first, filtered by ``type``, ``state``, ``queue``.
+
+        Args:
+            limit: jobs per page, 1..1000.
+            cursor: the ``next_cursor`` of the page before (None: the first page).
+
+        Returns:
+            A :class:`JobPage`.
+
+        Raises:
+            ValueError: ``state`` is not a job state's name (nothing is sent).
+            tether.TetherError: code ``invalid_argument`` (400) for a ``limit``
+                outside 1..1000 or a cursor the server did not hand out;
+                ``tether.Unavailable`` / ``tether.DeadlineExceeded`` when the
+                server cannot be reached in time.
+        """
         data = self._call("GET", _list_path(type, state, queue, limit, cursor))
         return JobPage([job_from_wire(j) for j in data["jobs"]], data["next_cursor"])
 
@@ -324,10 +343,11 @@ class JobHandle:
         Raises:
             tether.DeadlineExceeded: it did not finish in time.
         """
-        self.job = self._jobs.wait(self.id, timeout)
+        seconds = self._jobs.connection.timeout if timeout is None else timeout
+        self.job = self._jobs.wait(self.id, seconds)
         if not self.job.terminal:
             raise DeadlineExceeded(
-                f"job {self.id} is still {self.job.state.value} after {timeout} s"
+                f"job {self.id} is still {self.job.state.value} after {seconds:g} s"
             )
         return self.job
 
@@ -410,7 +430,7 @@ class AsyncJobsClient:
         limit: int = 50,
         cursor: str | None = None,
     ) -> JobPage:
-        """One page of jobs; see :meth:`JobsClient.list`."""
+        """One page of jobs; see :meth:`JobsClient.list` (same errors)."""
         data = await self._call("GET", _list_path(type, state, queue, limit, cursor))
         return JobPage([job_from_wire(j) for j in data["jobs"]], data["next_cursor"])
 
@@ -480,7 +500,8 @@ class AsyncJobsClient:
 
 class AsyncJobHandle:
     """The asyncio twin of :class:`JobHandle`: ``await handle.status()``,
-    ``await handle.progress()``, ``await handle.wait(timeout)``,
+    ``await handle.progress()``, ``await handle.progress_message()``,
+    ``await handle.wait(timeout)``,
     ``await handle.result()``, ``await handle.cancel()``."""
 
     def __init__(self, jobs: AsyncJobsClient, job: Job) -> None:
@@ -504,16 +525,21 @@ class AsyncJobHandle:
         """The fraction done last reported, or None."""
         return (await self.refresh()).progress
 
+    async def progress_message(self) -> str | None:
+        """The progress text last reported, or None."""
+        return (await self.refresh()).progress_message
+
     async def wait(self, timeout: float | None = None) -> Job:
         """Wait until finished; see :meth:`JobHandle.wait`.
 
         Raises:
             tether.DeadlineExceeded: it did not finish in time.
         """
-        self.job = await self._jobs.wait(self.id, timeout)
+        seconds = self._jobs.connection.timeout if timeout is None else timeout
+        self.job = await self._jobs.wait(self.id, seconds)
         if not self.job.terminal:
             raise DeadlineExceeded(
-                f"job {self.id} is still {self.job.state.value} after {timeout} s"
+                f"job {self.id} is still {self.job.state.value} after {seconds:g} s"
             )
         return self.job
 
@@ -527,3 +553,50 @@ class AsyncJobHandle:
         """Ask for the job's cancellation."""
         self.job = await self._jobs.cancel(self.id)
         return self.job
+
+
+# -- client.jobs: the jobs API of the default server ----------------------------------
+
+_NO_URL = (
+    "no default Tether server: set TETHER_URL (or url in tether.toml, or "
+    "Settings(url=...)), or use client.connect(url).jobs"
+)
+_default_jobs: weakref.WeakKeyDictionary[Client, JobsClient] = weakref.WeakKeyDictionary()
+_default_async_jobs: weakref.WeakKeyDictionary[AsyncClient, AsyncJobsClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_jobs(client: Client) -> JobsClient:
+    """What ``client.jobs`` is: the jobs API of the client's default server,
+    ``client.settings.url`` (``TETHER_URL``), with the credentials file's entry
+    for it; one per client, made on first use.
+
+    Raises:
+        ValueError: no default URL is set (the message names ``TETHER_URL``),
+            or it is not an http(s) URL.
+        RuntimeError: the client is closed.
+    """
+    jobs = _default_jobs.get(client)
+    if jobs is None:
+        url = client.settings.url
+        if not url:
+            raise ValueError(_NO_URL)
+        jobs = _default_jobs[client] = client.connect(url).jobs
+    return jobs
+
+
+def default_async_jobs(client: AsyncClient) -> AsyncJobsClient:
+    """What ``async_client.jobs`` is: the async twin of :func:`default_jobs`.
+
+    Raises:
+        ValueError: no default URL is set (the message names ``TETHER_URL``).
+        RuntimeError: the client is closed.
+    """
+    jobs = _default_async_jobs.get(client)
+    if jobs is None:
+        url = client.settings.url
+        if not url:
+            raise ValueError(_NO_URL)
+        jobs = _default_async_jobs[client] = client.connect(url).jobs
+    return jobs

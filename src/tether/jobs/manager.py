@@ -307,7 +307,7 @@ class JobManager:
 
         Raises:
             JobNotFound, LeaseLost: see ``JobStore.fail``.
-            ValueError: negative ``retry_delay``.
+            ValueError: ``retry_delay`` negative or above ``MAX_DELAY_SECONDS``.
         """
         store = await self.store()
         delay: float | None = None
@@ -342,10 +342,11 @@ class JobManager:
         return self._finished(await (await self.store()).release(job_id, lease_token))
 
     async def mark_cancelled(self, job_id: str, lease_token: str) -> Job:
-        """A worker acknowledges a cancellation (see ``JobStore.mark_cancelled``).
+        """A worker acknowledges a requested cancellation (see ``JobStore.mark_cancelled``).
 
         Raises:
             JobNotFound, LeaseLost: see ``JobStore.mark_cancelled``.
+            IllegalTransition: no cancellation was requested.
         """
         return self._finished(await (await self.store()).mark_cancelled(job_id, lease_token))
 

@@ -332,7 +332,8 @@ def add_jobs_openapi(
             {"200": _job_response("The job, queued again.")},
         ),
         "mark-cancelled": (
-            "Acknowledge a cancellation: the job becomes cancelled",
+            "Acknowledge a requested cancellation: the job becomes cancelled "
+            "(409 failed_precondition when none was requested)",
             _lease_body(),
             {"200": _job_response("The cancelled job.")},
         ),

@@ -39,13 +39,16 @@ class JobOptions:
     """Options of a job type.
 
     Attributes:
-        max_attempts: starts allowed before the job fails for good (>= 1).
+        max_attempts: starts allowed before the job fails for good (an int >= 1).
         backoff: seconds before the first retry; each further retry waits twice
             as long (capped at ``MAX_BACKOFF``); 0 retries at once.
         timeout: seconds one attempt may run before the worker gives up on it
             (failing that attempt with ``deadline_exceeded``), or None.
-        priority: default priority of submitted jobs; higher runs first.
+        priority: default priority of submitted jobs (an int of 32 bits); higher
+            runs first.
         queue: default queue of submitted jobs.
+        scopes: scopes a caller needs to submit jobs of this type (under an App
+            with auth), on top of those of the ``jobs.submit`` action.
     """
 
     max_attempts: int = 3
@@ -53,22 +56,33 @@ class JobOptions:
     timeout: float | None = None
     priority: int = 0
     queue: str = "default"
+    scopes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Check the values.
 
         Raises:
-            ValueError: ``max_attempts < 1``, negative ``backoff``, ``timeout <= 0``,
-                empty ``queue``.
+            ValueError: ``max_attempts`` not an int >= 1, ``backoff`` not a number >= 0,
+                ``timeout`` not a number > 0 (or None), ``priority`` not an int of
+                32 bits, an empty ``queue``, ``scopes`` not names.
         """
-        if isinstance(self.max_attempts, bool) or self.max_attempts < 1:
-            raise ValueError("max_attempts must be an int >= 1")
-        if not self.backoff >= 0:
-            raise ValueError("backoff must be >= 0 seconds")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError("timeout must be > 0 seconds or None")
-        if not self.queue:
-            raise ValueError("queue must not be empty")
+        if not _is_int(self.max_attempts) or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be an int >= 1, not {self.max_attempts!r}")
+        if not _is_number(self.backoff) or not 0 <= self.backoff < math.inf:
+            raise ValueError(f"backoff must be a number of seconds >= 0, not {self.backoff!r}")
+        if self.timeout is not None and (
+            not _is_number(self.timeout) or not 0 < self.timeout < math.inf
+        ):
+            raise ValueError(
+                f"timeout must be a number of seconds > 0 or None, not {self.timeout!r}"
+            )
+        if not _is_int(self.priority) or not -(2**31) <= self.priority < 2**31:
+            raise ValueError(f"priority must be an int of 32 bits, not {self.priority!r}")
+        if not isinstance(self.queue, str) or not self.queue:
+            raise ValueError("queue must be a non-empty string")
+        if isinstance(self.scopes, str) or not all(isinstance(x, str) and x for x in self.scopes):
+            raise ValueError("scopes must be a sequence of scope names, not a string")
+        object.__setattr__(self, "scopes", tuple(self.scopes))
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait before the next start after ``attempts`` failed starts."""
@@ -76,6 +90,14 @@ class JobOptions:
             return 0.0
         exponent = min(max(attempts - 1, 0), 30)
         return min(self.backoff * math.pow(2.0, exponent), MAX_BACKOFF)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _errors_from_pydantic(exc: ValidationError) -> list[dict[str, Any]]:
@@ -239,6 +261,7 @@ class JobType:
             "timeout": self.options.timeout,
             "priority": self.options.priority,
             "queue": self.options.queue,
+            "scopes": list(self.options.scopes),
         }
 
 

@@ -21,6 +21,15 @@ else is retried after the job type's backoff while attempts remain. SIGTERM
 or SIGINT stops claiming, lets running jobs finish for ``grace`` seconds, then
 hands back (``release``) those still running, so none is lost; a second
 signal ends the grace at once.
+
+A job never runs twice at once because of this worker: Python cannot stop a
+thread, so a sync handler past its timeout, or asked to stop at shutdown,
+keeps its job's lease (the heartbeats go on) until its thread returns; only
+then is the outcome recorded (``deadline_exceeded`` for a timeout) or the job
+handed back. A third signal gives up on such threads: the worker exits
+without handing their jobs back, and their leases expire (as if killed).
+Recording an outcome that fails for a passing reason (the server or the
+database unreachable) is retried with backoff while the lease lasts.
 """
 
 from __future__ import annotations
@@ -32,44 +41,66 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import traceback
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import psycopg
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from tether.errors import ServiceError, TetherError
+from tether.errors import ServiceError, StatusCode, TetherError
 from tether.jobs.backends import Backend, Claimed, HTTPBackend, StoreBackend
 from tether.jobs.context import JobContext
-from tether.jobs.errors import JobNotFound, LeaseLost
+from tether.jobs.errors import IllegalTransition, JobNotFound, LeaseLost
 from tether.jobs.exceptions import InvalidResult, JobCancelled, JobValidationError
 from tether.jobs.manager import JobManager
 from tether.jobs.types import JobTypeRegistry
 
 if TYPE_CHECKING:
     from tether.server.app import App
+    from tether.settings import Settings
 
 log = logging.getLogger("tether.jobs.worker")
 
 #: Shortest pause between two heartbeats that carry progress, in seconds.
 MIN_PROGRESS_INTERVAL = 0.25
+#: Seconds before the first retry of recording an outcome; doubled each time up to
+#: ``RECORD_RETRY_MAX``.
+RECORD_RETRY_FIRST = 0.2
+RECORD_RETRY_MAX = 5.0
+_PASSING_CODES = frozenset(
+    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.INTERNAL}
+)
 
 
 @dataclass(eq=False)
 class _Running:
+    """A job this worker holds, with the events that end its handler's run."""
+
     claimed: Claimed
     ctx: JobContext
     is_async: bool
+    #: The loop time the lease ends at, as far as this worker knows (renewed by heartbeats).
+    lease_until: float
+    #: A heartbeat answered that cancellation was requested.
     cancel_event: asyncio.Event = field(default_factory=asyncio.Event)
-    hard_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The grace period ended: the handler is asked to stop; the job is handed back.
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The lease is gone (expired, or the job moved on): the job is no longer ours.
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The worker gives up waiting for the handler (a third signal).
+    abandon: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True)
 class _Outcome:
-    kind: str  # ok, error, timeout, cancelled, lease_lost, shutdown, invalid
+    # ok, error, timeout, cancelled, lease_lost, shutdown, abandoned, invalid
+    kind: str
     value: Any = None
 
 
@@ -93,9 +124,14 @@ class Worker:
         timeout: seconds per attempt for job types that set none (None: unlimited).
         claim_wait: seconds one long poll for work lasts.
         worker_id: this worker's name in the store (default: host:pid:random).
+        token, api_key, username, password, cert, ca, pin_sha256: with ``url``,
+            the credentials and TLS choices, as for ``tether.Client.connect``
+            (default: the credentials file's entry for ``url``, then the settings).
+        settings: with ``url``, the settings that supply those defaults
+            (default: :func:`tether.settings.get_settings`).
 
     Raises:
-        ValueError: nothing to run, or bad numbers.
+        ValueError: nothing to run, bad numbers, or conflicting credentials.
 
     A store-direct worker without an App (a subclass given ``store=``) cannot
     check results against schemas: it only requires JSON objects. Give it the
@@ -119,6 +155,14 @@ class Worker:
         timeout: float | None = None,
         claim_wait: float = 10.0,
         worker_id: str | None = None,
+        token: str | None = None,
+        api_key: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        cert: tuple[str | Path, str | Path] | str | Path | None = None,
+        ca: str | Path | None = None,
+        pin_sha256: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -153,19 +197,35 @@ class Worker:
             self.queues = sorted(found) or ["default"]
         self.backend: Backend
         if url is not None:
-            self.backend = HTTPBackend(url)
+            self.backend = HTTPBackend(
+                url,
+                token=token,
+                api_key=api_key,
+                username=username,
+                password=password,
+                cert=cert,
+                ca=ca,
+                pin_sha256=pin_sha256,
+                settings=settings,
+            )
         else:
+            if any(v is not None for v in (token, api_key, username, password, cert, ca)):
+                raise ValueError("credentials and TLS options need url= (an HTTP worker)")
             store_url = store or (app.jobs.store_url if app is not None else None)
             # The App's job metrics (if any) count what this worker finishes.
             observer = app.jobs.observer if app is not None else None
             self.backend = StoreBackend(JobManager(self.registry, store_url, observer=observer))
         self._run_takes_context = self._overrides_run and _positional_count(self.run) == 2
         self._executor: ThreadPoolExecutor | None = None
-        self._running: dict[str, _Running] = {}
+        self._running: set[_Running] = set()
+        # Sync handlers' threads still running, by job id: a job claimed again while
+        # its earlier run's thread goes on waits for that thread first.
+        self._threads: dict[str, asyncio.Future[Any]] = {}
         self._busy = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._grace_over: asyncio.Event | None = None
+        self._abandon: asyncio.Event | None = None
         self._slot_freed: asyncio.Event | None = None
         self._stopping = False
         self._completions: list[tuple[str, str, Any, str, asyncio.Future[None]]] = []
@@ -202,8 +262,13 @@ class Worker:
         asyncio.run(self.serve_async(install_signal_handlers=install_signal_handlers))
 
     def stop(self) -> None:
-        """Ask the worker to stop gracefully (safe from any thread or a signal handler);
-        a second call ends the grace period at once."""
+        """Ask the worker to stop gracefully (safe from any thread or a signal handler).
+
+        The first call stops claiming and gives running jobs ``grace`` seconds;
+        a second one ends the grace at once (handlers are asked to stop, their
+        jobs handed back once they return); a third one exits without waiting
+        for sync handlers still running (their jobs' leases then expire).
+        """
         loop = self._loop
         if loop is None:
             self._stopping = True
@@ -213,9 +278,13 @@ class Worker:
 
     def _on_stop(self) -> None:
         assert self._stop is not None and self._grace_over is not None
-        if self._stop.is_set():
+        assert self._abandon is not None
+        if not self._stop.is_set():
+            self._stop.set()
+        elif not self._grace_over.is_set():
             self._grace_over.set()
-        self._stop.set()
+        else:
+            self._abandon.set()
 
     async def serve_async(self, *, install_signal_handlers: bool = False) -> None:
         """Claim and run jobs until stopped, then finish or hand back those running.
@@ -226,6 +295,7 @@ class Worker:
         self._loop = loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._grace_over = asyncio.Event()
+        self._abandon = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tether-job")
         if self._stopping:  # stop() came before the loop ran
@@ -279,11 +349,12 @@ class Worker:
             log.info("worker %s stopped", self.worker_id)
 
     async def _drain(self, tasks: set[asyncio.Task[None]]) -> None:
-        """Let running jobs finish within the grace period, then hand back the rest."""
-        assert self._grace_over is not None
+        """Let running jobs finish within the grace period, then ask the rest to stop
+        and hand them back once their handlers return (or at once when abandoned)."""
+        assert self._grace_over is not None and self._abandon is not None
+        loop = asyncio.get_running_loop()
         if tasks:
             log.info("waiting up to %.1f s for %d running job(s)", self.grace, len(tasks))
-            loop = asyncio.get_running_loop()
             deadline = loop.time() + self.grace
             over = loop.create_task(self._grace_over.wait())
             try:
@@ -295,9 +366,25 @@ class Worker:
                     )
             finally:
                 over.cancel()
-        for running in list(self._running.values()):
+        self._grace_over.set()
+        for running in list(self._running):
             running.ctx._cancel("shutdown")
-            running.hard_stop.set()
+            running.shutdown.set()
+        if not tasks:
+            return
+        abandon = loop.create_task(self._abandon.wait())
+        try:
+            while tasks and not abandon.done():
+                log.info(
+                    "waiting for %d job(s) asked to stop; their leases are kept until their "
+                    "handlers return (signal again to exit without them)",
+                    len(tasks),
+                )
+                await asyncio.wait({*tasks, abandon}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            abandon.cancel()
+        for running in list(self._running):
+            running.abandon.set()
         if tasks:
             await asyncio.wait(set(tasks))
 
@@ -338,11 +425,14 @@ class Worker:
             fn, takes_ctx, typed = self.run, False, False
             outcome = _Outcome("invalid", str(exc))
         is_async = inspect.iscoroutinefunction(fn)
-        running = _Running(claimed, ctx, is_async)
-        self._running[job.id] = running
+        # The lease began a moment before the claim answered; assume it ends a little sooner.
+        running = _Running(claimed, ctx, is_async, self._loop.time() + self.lease * 0.9)
+        self._running.add(running)
         beats = self._loop.create_task(self._heartbeats(running))
         slot = [True]  # this job still holds a concurrency slot
         try:
+            if outcome is None:
+                outcome = await self._after_earlier_run(running)
             if outcome is None:
                 try:
                     params = (
@@ -355,6 +445,8 @@ class Worker:
                 else:
                     args = (params, ctx) if takes_ctx else (params,)
                     inner = self._start(fn, args, ctx, is_async)
+                    if not is_async:
+                        self._track_thread(job.id, inner)
                     outcome = await self._watch(running, inner, timeout)
             # The handler is done (or abandoned): its slot may take the next job while
             # the outcome is recorded (still under this job's lease and heartbeats).
@@ -366,8 +458,43 @@ class Worker:
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
-            self._running.pop(job.id, None)
+            self._running.discard(running)
             self._give_back_slot(slot, inner)
+
+    async def _after_earlier_run(self, running: _Running) -> _Outcome | None:
+        """Wait (holding the new lease) for a thread still running an earlier attempt of
+        the same job, whose lease this worker lost; None once it is gone."""
+        job_id = running.claimed.job.id
+        earlier = self._threads.get(job_id)
+        if earlier is None or earlier.done():
+            return None
+        log.warning(
+            "job %s: claimed again while the thread of its earlier attempt still runs here; "
+            "waiting for that thread first",
+            job_id,
+        )
+        waiters = [asyncio.ensure_future(e.wait()) for e in (running.lost, running.abandon)]
+        try:
+            await asyncio.wait({earlier, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if running.lost.is_set():
+            return _Outcome("lease_lost")
+        if not earlier.done():
+            return _Outcome("abandoned")
+        if running.shutdown.is_set():
+            return _Outcome("shutdown")  # never started: hand it back
+        return None
+
+    def _track_thread(self, job_id: str, inner: asyncio.Future[Any]) -> None:
+        self._threads[job_id] = inner
+
+        def forget(_: Any) -> None:
+            if self._threads.get(job_id) is inner:
+                del self._threads[job_id]
+
+        inner.add_done_callback(forget)
 
     def _give_back_slot(self, slot: list[bool], inner: asyncio.Future[Any] | None) -> None:
         """Free a job's slot once; a sync handler still running keeps it until it returns."""
@@ -413,43 +540,56 @@ class Worker:
     async def _watch(
         self, running: _Running, inner: asyncio.Future[Any], timeout: float | None
     ) -> _Outcome:
-        """Wait for the handler, its timeout, a cancellation, a lost lease or a shutdown."""
+        """Wait for the handler, its timeout, a cancellation, a lost lease or a shutdown.
+
+        An async handler is cancelled at its timeout, at a cancellation request
+        and at shutdown. A sync one is only told (``ctx.cancelled``): its job
+        stays leased until its thread returns, so that it never runs twice at
+        once, unless the lease is lost or the worker gives up on it.
+        """
         assert self._loop is not None
         loop = self._loop
         deadline = None if timeout is None else loop.time() + timeout
-        hard = loop.create_task(running.hard_stop.wait())
-        cancel: asyncio.Task[Any] | None = loop.create_task(running.cancel_event.wait())
+        events = {
+            "lease_lost": running.lost,
+            "shutdown": running.shutdown,
+            "cancel_requested": running.cancel_event,
+            "abandoned": running.abandon,
+        }
+        pending = {loop.create_task(event.wait()): name for name, event in events.items()}
+        timed_out = False
         try:
             while True:
-                waiting: set[asyncio.Future[Any]] = {inner, hard}
-                if cancel is not None:
-                    waiting.add(cancel)
-                left = None if deadline is None else max(deadline - loop.time(), 0.0)
+                left = None if deadline is None or timed_out else max(deadline - loop.time(), 0.0)
                 done, _ = await asyncio.wait(
-                    waiting, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    {inner, *pending}, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
                 if inner in done:
                     break
-                if hard in done:
-                    if running.is_async:
-                        inner.cancel()
-                    return _Outcome(running.ctx.cancel_reason or "shutdown")
-                if cancel is not None and cancel in done:
-                    cancel = None  # cooperative: the handler sees ctx.cancelled
-                    if running.is_async:
-                        inner.cancel()
-                    continue
-                if not done:  # the timeout
+                fired = [pending.pop(t) for t in list(pending) if t in done]
+                if not fired:  # the timeout
+                    timed_out = True
                     running.ctx._cancel("timeout")
                     if running.is_async:
-                        inner.cancel()
-                        with contextlib.suppress(BaseException):
-                            await inner
-                    return _Outcome("timeout", timeout)
+                        await _cancel_and_join(inner, running)
+                        return _Outcome("timeout", timeout)
+                    continue  # keep the lease until the thread returns
+                if "lease_lost" in fired:
+                    if running.is_async:
+                        await _cancel_and_join(inner, running)
+                    return _Outcome("lease_lost")
+                if "abandoned" in fired:
+                    return _Outcome("abandoned")
+                if "shutdown" in fired and running.is_async:
+                    await _cancel_and_join(inner, running)
+                    return _Outcome("shutdown")
+                if "cancel_requested" in fired and running.is_async:
+                    inner.cancel()  # cooperative for sync handlers: they see ctx.cancelled
         finally:
-            for t in (hard, cancel):
-                if t is not None:
-                    t.cancel()
+            for t in pending:
+                t.cancel()
+        if timed_out:
+            return _Outcome("timeout", timeout)
         if inner.cancelled():
             return _Outcome("cancelled")
         exc = inner.exception()
@@ -460,67 +600,115 @@ class Worker:
     async def _settle(self, running: _Running, outcome: _Outcome) -> None:
         """Tell the store how the attempt ended."""
         job, token = running.claimed.job, running.claimed.lease_token
-        cancel_requested = running.ctx.cancel_reason == "cancel_requested"
+        cancel_requested = running.cancel_event.is_set()
+        stopped = outcome.kind == "cancelled" or (
+            outcome.kind == "error" and isinstance(outcome.value, JobCancelled)
+        )
         try:
-            if outcome.kind in ("lease_lost",):
+            if outcome.kind == "lease_lost" or running.lost.is_set():
                 log.warning("job %s: lease lost; dropped without a word to the store", job.id)
-            elif outcome.kind == "shutdown":
-                await self.backend.release(job.id, token)
-                log.info("job %s handed back at shutdown", job.id)
-            elif (
-                cancel_requested
-                or outcome.kind == "cancelled"
-                or (outcome.kind == "error" and isinstance(outcome.value, JobCancelled))
-            ):
-                await self.backend.mark_cancelled(job.id, token)
+            elif outcome.kind == "abandoned":
+                log.warning(
+                    "job %s: its handler still runs; left to its lease, which will expire", job.id
+                )
+            elif cancel_requested and outcome.kind != "ok":
+                await self._persist(running, lambda: self.backend.mark_cancelled(job.id, token))
                 log.info("job %s cancelled", job.id)
-            elif outcome.kind == "ok":
-                try:
-                    result = to_jsonable_python(outcome.value, by_alias=True)
-                except PydanticSerializationError as exc:
-                    await self.backend.fail(
+            elif outcome.kind == "timeout":
+                await self._persist(
+                    running,
+                    lambda: self.backend.fail(
                         job.id,
                         token,
                         {
-                            "code": "processing_error",
-                            "message": f"the result is not JSON-serialisable: {exc}",
-                            "details": None,
+                            "code": "deadline_exceeded",
+                            "message": f"the attempt ran past its timeout of {outcome.value} s",
+                            "details": {"timeout": outcome.value, "attempt": job.attempts},
                         },
-                        False,
-                    )
-                    return
-                try:
-                    await self._complete(job.id, token, result, job.type)
-                except InvalidResult as exc:
-                    log.warning("job %s: invalid result, failed: %s", job.id, exc.message)
-            elif outcome.kind == "timeout":
-                await self.backend.fail(
-                    job.id,
-                    token,
-                    {
-                        "code": "deadline_exceeded",
-                        "message": f"the attempt ran past its timeout of {outcome.value} s",
-                        "details": {"timeout": outcome.value, "attempt": job.attempts},
-                    },
-                    True,
+                        True,
+                    ),
                 )
+            elif outcome.kind == "ok" and cancel_requested:
+                await self._persist(running, lambda: self.backend.mark_cancelled(job.id, token))
+                log.info("job %s cancelled (its handler had finished)", job.id)
+            elif outcome.kind == "ok":
+                await self._record_result(running, outcome.value)
+            elif outcome.kind == "shutdown" or running.shutdown.is_set():
+                await self._persist(running, lambda: self.backend.release(job.id, token))
+                log.info("job %s handed back at shutdown", job.id)
+            elif stopped:
+                # Stopped by its own decision (no request, no timeout, no shutdown).
+                error = {
+                    "code": "cancelled",
+                    "message": str(outcome.value or "the handler cancelled the job"),
+                    "details": None,
+                }
+                await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
             elif outcome.kind == "invalid":
-                await self.backend.fail(
-                    job.id,
-                    token,
-                    {
-                        "code": "processing_error",
-                        "message": str(outcome.value),
-                        "details": None,
-                    },
-                    False,
-                )
+                error = {"code": "processing_error", "message": str(outcome.value), "details": None}
+                await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
             else:
                 # A ServiceError is raised on purpose: retrying would not change it.
                 retry = not isinstance(outcome.value, ServiceError)
-                await self.backend.fail(job.id, token, _error_info(outcome.value), retry)
-        except (LeaseLost, JobNotFound) as exc:
+                error = _error_info(outcome.value)
+                await self._persist(running, lambda: self.backend.fail(job.id, token, error, retry))
+        except (LeaseLost, JobNotFound, IllegalTransition) as exc:
             log.warning("job %s: %s; the outcome was not recorded", job.id, exc)
+        except Exception as exc:
+            log.warning(
+                "job %s: recording its outcome failed (%s: %s); its lease will expire",
+                job.id,
+                type(exc).__name__,
+                exc,
+            )
+
+    async def _record_result(self, running: _Running, value: Any) -> None:
+        """Complete the job with ``value`` (failing it when that is no JSON)."""
+        job, token = running.claimed.job, running.claimed.lease_token
+        try:
+            result = to_jsonable_python(value, by_alias=True)
+        except PydanticSerializationError as exc:
+            error = {
+                "code": "processing_error",
+                "message": f"the result is not JSON-serialisable: {exc}",
+                "details": None,
+            }
+            await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
+            return
+        try:
+            await self._persist(running, lambda: self._complete(job.id, token, result, job.type))
+        except InvalidResult as exc:
+            log.warning("job %s: invalid result, failed: %s", job.id, exc.message)
+
+    async def _persist(self, running: _Running, call: Callable[[], Awaitable[None]]) -> None:
+        """Run ``call`` (one store or API call about the job), retrying with backoff
+        while it fails for a passing reason and the lease lasts.
+
+        Raises:
+            What ``call`` raised: at once for a definite answer (LeaseLost,
+            InvalidResult...), else once the lease would end before another try.
+        """
+        assert self._loop is not None
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                await call()
+                return
+            except Exception as exc:
+                if not _passing(exc):
+                    raise
+                left = running.lease_until - self._loop.time()
+                if left <= delay or running.lost.is_set() or running.abandon.is_set():
+                    raise
+                log.warning(
+                    "job %s: recording its outcome failed (%s: %s); retrying in %.1f s",
+                    running.claimed.job.id,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+            await _first(asyncio.sleep(delay), running.lost.wait(), running.abandon.wait())
+            delay = min(delay * 2, RECORD_RETRY_MAX)
 
     async def _complete(self, job_id: str, token: str, result: Any, job_type: str) -> None:
         """Complete a job with others finishing at the same moment, in one store call.
@@ -583,7 +771,7 @@ class Worker:
             except (LeaseLost, JobNotFound) as exc:
                 log.warning("job %s: %s", claimed.job.id, exc)
                 ctx._cancel("lease_lost")
-                running.hard_stop.set()
+                running.lost.set()
                 return
             except Exception as exc:
                 log.warning("job %s: heartbeat failed (%s); retrying", claimed.job.id, exc)
@@ -592,6 +780,7 @@ class Worker:
                         if ctx._progress is None:
                             ctx._progress = progress
                 continue
+            running.lease_until = last + self.lease * 0.9
             if cancel and not running.cancel_event.is_set():
                 ctx._cancel("cancel_requested")
                 running.cancel_event.set()
@@ -620,6 +809,30 @@ def _error_info(exc: BaseException) -> dict[str, Any]:
             "traceback": text[-4000:],
         },
     }
+
+
+def _passing(exc: BaseException) -> bool:
+    """True for errors that may pass: the server or the database unreachable, a timeout,
+    a lock held a moment, a server answering 500 or 503."""
+    if isinstance(exc, (LeaseLost, JobNotFound, IllegalTransition, InvalidResult)):
+        return False
+    if isinstance(exc, TetherError):
+        return exc.code in _PASSING_CODES
+    if isinstance(exc, (OSError, TimeoutError, sqlite3.OperationalError, psycopg.OperationalError)):
+        return True
+    return False
+
+
+async def _cancel_and_join(inner: asyncio.Future[Any], running: _Running) -> None:
+    """Cancel an async handler's task and wait until it ends (or the worker gives up)."""
+    inner.cancel()
+    abandon = asyncio.ensure_future(running.abandon.wait())
+    try:
+        await asyncio.wait({inner, abandon}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        abandon.cancel()
+    if inner.done() and not inner.cancelled():
+        inner.exception()  # retrieved: an error while stopping is not worth a warning
 
 
 async def _first(*aws: Any) -> None:

@@ -36,6 +36,10 @@ from tether.jobs.store._notify import Notifier, job_topic, work_topic
 MAX_LIST_LIMIT = 1000
 #: Largest number of jobs one ``claim`` takes.
 MAX_CLAIM_LIMIT = 1000
+#: Longest lease one claim or heartbeat grants, in seconds (a week).
+MAX_LEASE_SECONDS = 7 * 86400.0
+#: Longest retry delay (and submission delay of the HTTP API), in seconds (a year).
+MAX_DELAY_SECONDS = 366 * 86400.0
 
 
 class JobStore(ABC):
@@ -178,7 +182,8 @@ class JobStore(ABC):
             The claims in claim order (possibly empty).
 
         Raises:
-            ValueError: empty ``queues``, ``limit`` outside 1..1000, ``lease_seconds <= 0``.
+            ValueError: empty ``queues``, ``limit`` outside 1..1000, ``lease_seconds``
+                not in (0, ``MAX_LEASE_SECONDS``].
         """
 
     @abstractmethod
@@ -204,7 +209,8 @@ class JobStore(ABC):
         Raises:
             JobNotFound: no such job.
             LeaseLost: wrong token, expired lease or job not running.
-            ValueError: progress outside [0, 1], ``lease_seconds <= 0``.
+            ValueError: progress outside [0, 1], ``lease_seconds`` not in
+                (0, ``MAX_LEASE_SECONDS``].
         """
 
     @abstractmethod
@@ -257,16 +263,19 @@ class JobStore(ABC):
         Raises:
             JobNotFound: no such job.
             LeaseLost: the caller does not hold the current lease.
-            ValueError: negative ``retry_delay``.
+            ValueError: ``retry_delay`` negative or above ``MAX_DELAY_SECONDS``.
         """
 
     @abstractmethod
     async def mark_cancelled(self, job_id: str, lease_token: str) -> Job:
-        """A worker acknowledges cancellation: the running job becomes ``cancelled``.
+        """A worker acknowledges a requested cancellation: the running job becomes
+        ``cancelled``.
 
         Raises:
             JobNotFound: no such job.
             LeaseLost: the caller does not hold the current lease.
+            IllegalTransition: no cancellation was requested (the job stays running;
+                a worker that gives up on a job fails it instead).
         """
 
     @abstractmethod
@@ -416,6 +425,32 @@ def check_positive_seconds(value: float, name: str) -> float:
     seconds = float(value)
     if not seconds > 0:
         raise ValueError(f"{name} must be > 0 seconds")
+    return seconds
+
+
+def check_lease_seconds(value: float) -> float:
+    """Return a lease length as float seconds.
+
+    Raises:
+        ValueError: not in (0, MAX_LEASE_SECONDS].
+    """
+    seconds = check_positive_seconds(value, "lease_seconds")
+    if seconds > MAX_LEASE_SECONDS:
+        raise ValueError(f"lease_seconds must be at most {MAX_LEASE_SECONDS:.0f}")
+    return seconds
+
+
+def check_retry_delay(value: float | None) -> float | None:
+    """Return a retry delay (seconds) or None.
+
+    Raises:
+        ValueError: negative, not a number, or above MAX_DELAY_SECONDS.
+    """
+    if value is None:
+        return None
+    seconds = float(value)
+    if not 0 <= seconds <= MAX_DELAY_SECONDS:
+        raise ValueError(f"retry_delay must be between 0 and {MAX_DELAY_SECONDS:.0f} seconds")
     return seconds
 
 

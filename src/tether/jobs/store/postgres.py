@@ -38,10 +38,11 @@ from tether.jobs.store.base import (
     MAX_LIST_LIMIT,
     JobStore,
     check_cursor,
+    check_lease_seconds,
     check_limit,
-    check_positive_seconds,
     check_progress,
     check_queues,
+    check_retry_delay,
     check_state,
     check_submit,
     check_types,
@@ -344,7 +345,7 @@ class PostgresJobStore(JobStore):
             "queues": queue_names,
             "types": check_types(types),
             "limit": check_limit(limit, MAX_CLAIM_LIMIT),
-            "lease": check_positive_seconds(lease_seconds, "lease_seconds"),
+            "lease": check_lease_seconds(lease_seconds),
         }
         type_filter = "" if params["types"] is None else " AND type = ANY(%(types)s)"
         # One queue: an equality, so the claim index gives the order (with = ANY(...)
@@ -391,7 +392,7 @@ class PostgresJobStore(JobStore):
             {
                 "id": job_id,
                 "token": lease_token,
-                "lease": check_positive_seconds(lease_seconds, "lease_seconds"),
+                "lease": check_lease_seconds(lease_seconds),
                 "progress": check_progress(progress),
                 "message": message,
                 "bump": bump,
@@ -404,14 +405,31 @@ class PostgresJobStore(JobStore):
             self._notifier.notify(job_topic(job_id))
         return bool(row[0])
 
-    async def _finish(self, job_id: str, token: str, assignments: str, **values: Any) -> Job:
-        """Apply ``assignments`` to a job the caller holds the lease of; end the lease."""
+    async def _finish(
+        self,
+        job_id: str,
+        token: str,
+        assignments: str,
+        *,
+        only_if: str = "",
+        target: str = "",
+        **values: Any,
+    ) -> Job:
+        """Apply ``assignments`` to a job the caller holds the lease of; end the lease.
+
+        ``only_if`` is an SQL condition the change also needs (else IllegalTransition
+        to ``target``).
+        """
+        params = {"id": job_id, "token": token, **values}
+        condition = f" AND {only_if}" if only_if else ""
         row = await self._one(
             f"UPDATE tether_jobs SET {assignments}, {_RELEASE_LEASE}"
-            f" WHERE {_LEASE_OK} RETURNING {COLUMN_LIST}",
-            {"id": job_id, "token": token, **values},
+            f" WHERE {_LEASE_OK}{condition} RETURNING {COLUMN_LIST}",
+            params,
         )
         if row is None:
+            if only_if and await self._one(f"SELECT 1 FROM tether_jobs WHERE {_LEASE_OK}", params):
+                raise IllegalTransition(JobState.RUNNING.value, target, job_id)
             await self._raise_lease_error(job_id, token)
             raise AssertionError("unreachable")
         job = _row_to_job(row)
@@ -476,8 +494,7 @@ class PostgresJobStore(JobStore):
         retry_delay: float | None = None,
     ) -> Job:
         """See ``JobStore.fail``."""
-        if retry_delay is not None and not retry_delay >= 0:
-            raise ValueError("retry_delay must be >= 0 seconds")
+        retry_delay = check_retry_delay(retry_delay)
         retry = "(%(retry)s AND attempts < max_attempts AND NOT cancel_requested)"
         return await self._finish(
             job_id,
@@ -497,7 +514,9 @@ class PostgresJobStore(JobStore):
         return await self._finish(
             job_id,
             lease_token,
-            "state = 'cancelled', cancel_requested = true, finished_at = now()",
+            "state = 'cancelled', finished_at = now()",
+            only_if="cancel_requested",
+            target=JobState.CANCELLED.value,
         )
 
     async def release(self, job_id: str, lease_token: str) -> Job:

@@ -43,10 +43,11 @@ from tether.jobs.store.base import (
     MAX_LIST_LIMIT,
     JobStore,
     check_cursor,
+    check_lease_seconds,
     check_limit,
-    check_positive_seconds,
     check_progress,
     check_queues,
+    check_retry_delay,
     check_state,
     check_submit,
     check_types,
@@ -413,7 +414,7 @@ class SqliteJobStore(JobStore):
         queues_ = check_queues(queues)
         types_ = check_types(types)
         limit = check_limit(limit, MAX_CLAIM_LIMIT)
-        lease_us = round(check_positive_seconds(lease_seconds, "lease_seconds") * 1e6)
+        lease_us = round(check_lease_seconds(lease_seconds) * 1e6)
         params: dict[str, Any] = {"worker": worker_id, "limit": limit, "lease": lease_us}
         where = f"queue IN ({_in_list('q', queues_, params)})"
         if types_ is not None:
@@ -459,7 +460,7 @@ class SqliteJobStore(JobStore):
         message: str | None = None,
     ) -> bool:
         """See ``JobStore.heartbeat``."""
-        lease_us = round(check_positive_seconds(lease_seconds, "lease_seconds") * 1e6)
+        lease_us = round(check_lease_seconds(lease_seconds) * 1e6)
         params = {
             "id": job_id,
             "token": lease_token,
@@ -487,26 +488,40 @@ class SqliteJobStore(JobStore):
                 self._raise_lease_error(conn, params["id"], params["token"], now)
         return bool(row[0])
 
-    async def _finish(self, job_id: str, token: str, assignments: str, **values: Any) -> Job:
-        """Apply ``assignments`` to a job the caller holds the lease of; end the lease."""
+    async def _finish(
+        self, job_id: str, token: str, assignments: str, *, only_if: str = "", **values: Any
+    ) -> Job:
+        """Apply ``assignments`` to a job the caller holds the lease of; end the lease.
+
+        ``only_if`` is an SQL condition the change also needs (else IllegalTransition).
+        """
         params = {"id": job_id, "token": token, **values}
-        job = await self._run(self._finish_sync, assignments, params)
+        job = await self._run(self._finish_sync, assignments, params, only_if)
         if job.state == JobState.QUEUED:
             self._announce_work([job.queue])
         self._announce_change(job)
         return job
 
-    def _finish_sync(self, assignments: str, params: dict[str, Any]) -> Job:
+    def _finish_sync(self, assignments: str, params: dict[str, Any], only_if: str) -> Job:
         with self._write() as conn:
             params["now"] = now = _now_us()
             if "delay" in params:
                 params["retry_at"] = now + params.pop("delay")
+            condition = f" AND {only_if}" if only_if else ""
             row = conn.execute(
                 f"UPDATE tether_jobs SET {assignments}, {_RELEASE_LEASE}"
-                f" WHERE {_LEASE_OK} RETURNING {COLUMN_LIST}",
+                f" WHERE {_LEASE_OK}{condition} RETURNING {COLUMN_LIST}",
                 params,
             ).fetchone()
             if row is None:
+                if only_if:
+                    held = conn.execute(
+                        f"SELECT 1 FROM tether_jobs WHERE {_LEASE_OK}", params
+                    ).fetchone()
+                    if held is not None:
+                        raise IllegalTransition(
+                            JobState.RUNNING.value, params["target"], params["id"]
+                        )
                 self._raise_lease_error(conn, params["id"], params["token"], now)
         return _row_to_job(row)
 
@@ -564,8 +579,7 @@ class SqliteJobStore(JobStore):
         retry_delay: float | None = None,
     ) -> Job:
         """See ``JobStore.fail``."""
-        if retry_delay is not None and not retry_delay >= 0:
-            raise ValueError("retry_delay must be >= 0 seconds")
+        retry_delay = check_retry_delay(retry_delay)
         retry = "(:retry AND attempts < max_attempts AND NOT cancel_requested)"
         return await self._finish(
             job_id,
@@ -582,7 +596,11 @@ class SqliteJobStore(JobStore):
     async def mark_cancelled(self, job_id: str, lease_token: str) -> Job:
         """See ``JobStore.mark_cancelled``."""
         return await self._finish(
-            job_id, lease_token, "state = 'cancelled', cancel_requested = 1, finished_at = :now"
+            job_id,
+            lease_token,
+            "state = 'cancelled', finished_at = :now",
+            only_if="cancel_requested",
+            target=JobState.CANCELLED.value,
         )
 
     async def release(self, job_id: str, lease_token: str) -> Job:
