@@ -285,7 +285,8 @@ def error_from_envelope(
     error = envelope.get("error") if isinstance(envelope, dict) else None
     if not isinstance(error, dict):
         code = code_for_http_status(http_status)
-        return RemoteError(f"HTTP {http_status} without an error envelope", code=code)
+        message = f"HTTP {http_status} without an error envelope"
+        return _remote_error(code, message, None, None, http_status)
     try:
         code = StatusCode(str(error.get("code")))
     except ValueError:
@@ -293,17 +294,23 @@ def error_from_envelope(
     message = str(error.get("message") or "")
     details = error.get("details")
     name = error.get("type")
-    cls = service_error_class(name if isinstance(name, str) else None, declared)
+    name = name if isinstance(name, str) else None
+    cls = service_error_class(name, declared)
     if cls is not None:
         return rebuild_service_error(cls, message, details, code, http_status)
+    return _remote_error(code, message, details, name, http_status)
+
+
+def _remote_error(
+    code: StatusCode, message: str, details: Any, name: str | None, http_status: int
+) -> RemoteError:
+    """A RemoteError for ``code``: DeadlineExceeded and Unavailable for theirs."""
+    exc: RemoteError
     if code is StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(message, details)
-    if code is StatusCode.UNAVAILABLE:
-        return Unavailable(message, details)
-    return RemoteError(
-        message,
-        details,
-        code=code,
-        error_name=name if isinstance(name, str) else None,
-        http_status=http_status,
-    )
+        exc = DeadlineExceeded(message, details)
+    elif code is StatusCode.UNAVAILABLE:
+        exc = Unavailable(message, details)
+    else:
+        return RemoteError(message, details, code=code, error_name=name, http_status=http_status)
+    exc.error_name, exc.http_status = name, http_status
+    return exc

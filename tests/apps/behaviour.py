@@ -131,6 +131,15 @@ class Busy(tether.ServiceError):
     code = tether.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Gone(tether.ServiceError):
+    """Declared by ``fail``; its constructor takes other arguments than ServiceError's."""
+
+    code = tether.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} is gone", {"name": name})
+
+
 @tether.service(name="behave", version="2", errors=[Missing])
 class Behave:
     """Methods that exercise the call path."""
@@ -159,9 +168,27 @@ class Behave:
         """Seconds left before this call's deadline, as the server sees them."""
         ...
 
-    @tether.method(errors=[Busy])
+    @tether.method(errors=[Busy, Gone])
     def fail(self, kind: str) -> None:
-        """Raise the error named by ``kind``: missing, busy, crash, bad_result."""
+        """Raise the error named by ``kind``: missing, busy, gone, server_only, crash."""
+        ...
+
+    def fail_undeclared(self, kind: str) -> None:
+        """Raise Busy or Gone, which only ``fail`` declares: here they are undeclared."""
+        ...
+
+    def fail_with(self, code: str) -> None:
+        """Raise a TetherError with ``code``, one of the 16 status codes."""
+        ...
+
+    @tether.method(timeout=1.5)
+    def capped_deadline_left(self) -> float | None:
+        """``deadline_left`` with the method's own 1.5 s timeout."""
+        ...
+
+    @tether.method(name="renamed-on-the-wire")
+    def python_name(self) -> str:
+        """A method whose wire name is not its Python name."""
         ...
 
     def bad_result(self) -> int:
@@ -212,9 +239,25 @@ class BehaveImpl(Behave):
             raise Missing("no such thing", {"kind": kind})
         if kind == "busy":
             raise Busy("try later")
+        if kind == "gone":
+            raise Gone("thing")
         if kind == "server_only":
             raise ServerOnly("a class the client does not have")
         raise RuntimeError("secret internal detail")
+
+    def fail_undeclared(self, kind: str) -> None:
+        if kind == "gone":
+            raise Gone("thing")
+        raise Busy("try later")
+
+    def fail_with(self, code: str) -> None:
+        raise tether.TetherError(f"failing with {code}", code=code)
+
+    def capped_deadline_left(self) -> float | None:
+        return self.deadline_left()
+
+    def python_name(self) -> str:
+        return "called by its wire name"
 
     def bad_result(self) -> int:
         return "not an int"  # type: ignore[return-value]
@@ -236,10 +279,13 @@ class BehaveImpl(Behave):
 
 
 class ServerOnly(tether.ServiceError):
-    """Only the server knows it by this name (see error_name)."""
+    """Raised by ``fail`` but declared nowhere: callers get a RemoteError, even a
+    caller that imports this module. Its wire name is its own (see error_name)."""
 
     code = tether.StatusCode.FAILED_PRECONDITION
     error_name = "tests.ServerOnlyError"
 
 
 app = tether.App(Types(), BehaveImpl(), title="Behaviour", max_body_size=64 * 1024)
+#: The same service in debug: unexpected errors carry their traceback.
+debug_app = tether.App(BehaveImpl(), title="Behaviour (debug)", debug=True)

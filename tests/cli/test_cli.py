@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.fixtures.servers import ROOT, ServerProcess
+
+#: The console script pip installed next to this interpreter.
+CONSOLE_SCRIPT = Path(sys.executable).with_name("tether")
+# Wide enough that rich does not wrap error lines on stderr.
+ENV = {**os.environ, "COLUMNS": "200"}
 
 
 def tether_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -16,6 +23,7 @@ def tether_cli(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         cwd=ROOT,
+        env=ENV,
     )
 
 
@@ -73,3 +81,44 @@ def test_describe(inventory_server: ServerProcess) -> None:
     methods = {m["name"] for m in services[0]["methods"]}
     assert methods == {"list", "get", "filter", "add", "remove"}
     assert tether_cli("describe", inventory_server.url, "nope").returncode == 1
+
+
+def test_describe_one_service_with_the_console_script(inventory_server: ServerProcess) -> None:
+    assert CONSOLE_SCRIPT.is_file(), "pip install the package: it makes the tether script"
+    result = subprocess.run(
+        [str(CONSOLE_SCRIPT), "describe", inventory_server.url, "inventory"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=ENV,
+    )
+    assert result.returncode == 0, result.stderr
+    (service,) = json.loads(result.stdout)
+    assert (service["name"], service["version"]) == ("inventory", "1")
+    get = next(m for m in service["methods"] if m["name"] == "get")
+    assert get["parameters"]["required"] == ["name"] and get["idempotent"] is True
+    assert [e["type"] for e in service["errors"]] == ["NotFound"]
+    missing = tether_cli("describe", inventory_server.url, "nope")
+    assert "not_found" in missing.stderr and "inventory" in missing.stderr
+
+
+def test_serve_refuses_a_target_it_cannot_import() -> None:
+    result = tether_cli("serve", "nosuch.mod:app", "--port", "0")
+    assert result.returncode == 2
+    assert "error not_found: cannot import nosuch.mod:app" in result.stderr
+    assert "No module named 'nosuch'" in result.stderr
+    assert "hint: give MODULE:ATTRIBUTE" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = tether_cli("serve", "examples.inventory.app:nothing", "--port", "0")
+    assert result.returncode == 2 and "error not_found: cannot find" in result.stderr
+    result = tether_cli("serve", "examples.inventory.app", "--port", "0")
+    assert result.returncode == 2 and "MODULE:ATTRIBUTE" in result.stderr
+
+
+def test_serve_refuses_what_is_not_an_app() -> None:
+    result = tether_cli("serve", "examples.inventory.app:create_app", "--port", "0")
+    assert result.returncode == 2
+    assert "error invalid_argument:" in result.stderr
+    assert "is a builtins.function, not a tether.App" in result.stderr
+    assert "hint:" in result.stderr and "Traceback" not in result.stderr

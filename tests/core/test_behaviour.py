@@ -14,7 +14,10 @@ import pytest
 
 import tether
 from tests.apps.behaviour import SAMPLES, Behave, Busy, Missing, Types
+from tests.apps.behaviour import app as behaviour_app
 from tests.fixtures.servers import ServerProcess
+from tether.codec import Codec, decode_any
+from tether.server.dispatcher import TIMEOUT_HEADER
 
 
 @pytest.mark.parametrize("name", list(SAMPLES))
@@ -157,3 +160,73 @@ def test_nested_calls_inherit_the_deadline(
     with pytest.raises(tether.DeadlineExceeded):
         conn.proxy(Behave, timeout=0.5).nested_deadline(behaviour_server.url, sleep=5)
     assert time.monotonic() - started < 2.5
+
+
+def test_a_method_timeout_caps_the_callers_deadline(conn: tether.Connection) -> None:
+    behave = conn.proxy(Behave, timeout=20.0)  # the method's own timeout is 1.5 s
+    left = behave.capped_deadline_left()
+    assert left is not None and 0 < left <= 1.5
+    left = conn.call("behave.capped_deadline_left", timeout=20.0)  # dynamic: the server caps
+    assert left is not None and 0 < left <= 1.5
+    left = conn.proxy(Behave, timeout=1.0).capped_deadline_left()  # a shorter caller wins
+    assert left is not None and 0 < left <= 1.0
+
+
+def test_the_wire_name_is_the_declared_name(conn: tether.Connection) -> None:
+    assert conn.proxy(Behave).python_name() == "called by its wire name"
+    assert conn.call("behave.renamed-on-the-wire") == "called by its wire name"
+    with pytest.raises(tether.RemoteError) as caught:
+        conn.call("behave.python_name")
+    assert caught.value.code is tether.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.parametrize("kind", ["integrated", "direct"])
+def test_the_default_timeout_is_30_seconds(kind: str, request: pytest.FixtureRequest) -> None:
+    with tether.Client() as client:
+        assert client.timeout == 30
+        if kind == "integrated":
+            conn = client.integrated(behaviour_app)
+        else:
+            conn = client.connect(request.getfixturevalue("behaviour_server").url)
+        left = conn.proxy(Behave).deadline_left()  # the server's view of the deadline
+    assert left is not None and 20 < left <= 30
+
+
+def test_an_oversized_body_is_resource_exhausted(conn: tether.Connection, codec: str) -> None:
+    data = b"\x00" * (100 * 1024)  # the behaviour App's limit is 64 KiB
+    with pytest.raises(tether.RemoteError) as caught:
+        conn.call("behave.size", data=data)
+    assert caught.value.code is tether.StatusCode.RESOURCE_EXHAUSTED
+    assert caught.value.http_status == 413
+    assert "65536 bytes" in caught.value.message
+    if codec == "python":  # no body at all: Python objects, so no limit to apply
+        assert conn.proxy(Behave).size(data) == len(data)
+    else:
+        with pytest.raises(tether.RemoteError) as typed:
+            conn.proxy(Behave).size(data)
+        assert typed.value.code is tether.StatusCode.RESOURCE_EXHAUSTED
+    assert conn.proxy(Behave).size(b"\x00" * 1000) == 1000  # still serving
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"name": ', "application/json"),
+        (b"\xff\xfe not json", "application/json"),
+        (b"\xc1", "application/msgpack"),  # 0xc1 is never valid msgpack
+        (b"\x92\x01", "application/msgpack"),  # truncated array
+    ],
+)
+def test_malformed_bodies_are_invalid_argument(
+    conn: tether.Connection, body: bytes, content_type: str
+) -> None:
+    # Straight to the transport: a connection never encodes a malformed body itself.
+    headers = {"content-type": content_type, "accept": content_type, TIMEOUT_HEADER: "10000"}
+    raw = conn.transport.send("behave", "greet", body, headers, 10.0)
+    assert raw.status == 400
+    assert raw.content_type.startswith(content_type)  # the error in the caller's codec
+    codec = Codec.MSGPACK if "msgpack" in content_type else Codec.JSON
+    error = decode_any(raw.body, codec)["error"]
+    assert error["code"] == "invalid_argument"
+    assert "malformed" in error["message"]
+    assert conn.call("behave.greet", name="ok") == "hello ok!"  # still serving

@@ -130,13 +130,44 @@ def test_deadline_header(behaviour_server: ServerProcess) -> None:
         **{"tether-timeout-ms": "200"},
     )
     assert (status, body["error"]["code"]) == (504, "deadline_exceeded")
-    status, body = post_json(
+    for bad in ("soon", "9" * 400, "-5", "1_000", "1e3", "+7"):
+        status, body = post_json(
+            behaviour_server, "/rpc/behave/greet", b'{"name": "x"}', **{"tether-timeout-ms": bad}
+        )
+        assert (status, body["error"]["code"]) == (400, "invalid_argument"), bad
+        assert "whole number of milliseconds" in body["error"]["message"]
+    assert_still_serving(behaviour_server)
+
+
+def test_a_method_timeout_applies_without_a_header(behaviour_server: ServerProcess) -> None:
+    status, left = post_json(behaviour_server, "/rpc/behave/capped_deadline_left", b"{}")
+    assert status == 200 and 0 < left <= 1.5  # the method's own 1.5 s
+    status, left = post_json(behaviour_server, "/rpc/behave/deadline_left", b"{}")
+    assert (status, left) == (200, None)  # no header, no method timeout: no deadline
+
+
+def test_refusals_before_dispatch_answer_in_the_negotiated_codec(
+    behaviour_server: ServerProcess,
+) -> None:
+    payload = ormsgpack.packb({"data": b"A" * (200 * 1024)})  # the limit is 64 KiB
+    status, headers, raw = request(
         behaviour_server,
-        "/rpc/behave/greet",
-        b'{"name": "x"}',
-        **{"tether-timeout-ms": "soon"},
+        "POST",
+        "/rpc/behave/size",
+        payload,
+        {"content-type": "application/msgpack", "accept": "application/msgpack"},
     )
-    assert (status, body["error"]["code"]) == (400, "invalid_argument")
+    assert status == 413
+    assert headers["content-type"] == "application/msgpack"
+    assert ormsgpack.unpackb(raw)["error"]["code"] == "resource_exhausted"
+    status, headers, raw = request(  # JSON in, msgpack asked for
+        behaviour_server,
+        "POST",
+        "/rpc/behave/size",
+        json.dumps({"data": "A" * (200 * 1024)}).encode(),
+        {"content-type": "application/json", "accept": "application/msgpack"},
+    )
+    assert (status, headers["content-type"]) == (413, "application/msgpack")
     assert_still_serving(behaviour_server)
 
 
