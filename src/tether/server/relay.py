@@ -166,7 +166,7 @@ class RelayServer:
                 raise TetherError(
                     f"NATS at {self.url} refused to let this relay subscribe: "
                     f"{'; '.join(self._denied)}. Allow its NATS user to subscribe to "
-                    f"{RPC_PREFIX}.> and {INSTANCE_PREFIX}.> (and to publish to _INBOX.>)",
+                    f"{RPC_PREFIX}.> and {INSTANCE_PREFIX}.>, and to answer (allow_responses)",
                     code=StatusCode.PERMISSION_DENIED,
                 )
         except BaseException:
