@@ -232,3 +232,15 @@ def test_a_code_other_than_the_class_s_is_kept() -> None:
     assert isinstance(error, Gone)
     assert error.code is tether.StatusCode.ABORTED
     assert Gone.code is tether.StatusCode.FAILED_PRECONDITION  # the class is untouched
+
+
+def test_a_200_that_is_not_a_result_is_data_loss(gateway: str) -> None:
+    with tether.Client(timeout=10) as client:
+        conn = client.connect(f"{gateway}/200")  # answers 200 with an HTML page
+        with pytest.raises(tether.RemoteError) as dynamic:
+            conn.call("behave.greet", name="x")
+        with pytest.raises(tether.RemoteError) as typed:
+            conn.proxy(Behave).greet("x")
+    assert dynamic.value.code is tether.StatusCode.DATA_LOSS  # not the caller's arguments
+    assert "not valid json" in dynamic.value.message
+    assert typed.value.code is tether.StatusCode.DATA_LOSS
