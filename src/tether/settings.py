@@ -108,13 +108,19 @@ class Settings(BaseSettings):
 
     @property
     def effective_registry_url(self) -> str:
-        """``registry_url``, or the SQLite file in the state directory."""
-        return self.registry_url or f"sqlite:///{self.state_dir / 'registry.db'}"
+        """``registry_url``, or the SQLite file in the state directory (made
+        absolute, so that a relative ``TETHER_STATE_DIR`` stays relative to the
+        working directory rather than to ``/``)."""
+        return self.registry_url or f"sqlite:///{self._absolute_state_dir() / 'registry.db'}"
 
     @property
     def effective_job_store_url(self) -> str:
-        """``job_store_url``, or the SQLite file in the state directory."""
-        return self.job_store_url or f"sqlite:///{self.state_dir / 'jobs.db'}"
+        """``job_store_url``, or the SQLite file in the (absolute) state directory."""
+        return self.job_store_url or f"sqlite:///{self._absolute_state_dir() / 'jobs.db'}"
+
+    def _absolute_state_dir(self) -> Path:
+        # sqlite:/// + an absolute path is understood by the registry and the job store alike.
+        return self.state_dir.expanduser().absolute()
 
     @property
     def effective_credentials_path(self) -> Path:

@@ -3,11 +3,15 @@
 ``REPLICA_BUSY`` names a file: while it exists, ``whoami`` answers 503
 ``unavailable`` (with ``Retry-After``). ``crash`` ends the process
 mid-call (but in the replica named as survivor), as a replica dying under a
-call would.
+call would. ``REPLICA_ID`` sets the instance id (a restart keeps it).
+``linger`` holds a call in flight until the test lets it go, then says
+whether the instance was still registered, for the drain-then-deregister
+tests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -40,6 +44,12 @@ class Replica:
         """Sleep, then answer (idempotent)."""
         ...
 
+    def linger(self, marker: str) -> bool:
+        """Create ``marker + ".started"``, wait (at most 60 s) until ``marker +
+        ".release"`` exists, then answer whether this instance is still in the
+        registry ``tether serve`` registered it in."""
+        ...
+
 
 class ReplicaImpl(Replica):
     def whoami(self) -> str:
@@ -63,5 +73,22 @@ class ReplicaImpl(Replica):
         time.sleep(seconds)
         return seconds
 
+    def linger(self, marker: str) -> bool:
+        from tether.registry import open_registry
+        from tether.server.launch import LaunchOptions
 
-app = tether.App(ReplicaImpl(), title="Replica")
+        Path(marker + ".started").touch()
+        deadline = time.monotonic() + 60
+        while not Path(marker + ".release").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        url = LaunchOptions.from_env().registry
+        assert url is not None
+
+        async def registered() -> bool:
+            async with open_registry(url) as registry:
+                return any(r.instance_id == app.instance_id for r in await registry.list())
+
+        return asyncio.run(registered())
+
+
+app = tether.App(ReplicaImpl(), title="Replica", instance_id=os.environ.get("REPLICA_ID"))

@@ -118,10 +118,12 @@ async def test_heartbeat_updates_health(registry: Registry) -> None:
 
 
 async def test_heartbeat_renews_lease(registry: Registry) -> None:
-    await registry.register(rec("a", "inventory"), lease_seconds=1)
+    # A 3 s lease renewed every 0.5 s for 4 s: it outlives its first lease, and
+    # a stall of up to 2.5 s on a loaded machine does not let it lapse.
+    await registry.register(rec("a", "inventory"), lease_seconds=3)
     [first] = await registry.list()
-    for _ in range(5):  # 2 s in all: twice the lease
-        await asyncio.sleep(0.4)
+    for _ in range(8):
+        await asyncio.sleep(0.5)
         await registry.heartbeat("a")
     [renewed] = await registry.list()
     assert renewed.last_heartbeat > first.last_heartbeat
@@ -222,6 +224,53 @@ async def test_watch_ends_on_close(registry_url: str) -> None:
         await asyncio.wait_for(pending, EVENT_TIMEOUT)
     with pytest.raises(RegistryClosed):
         await reg.list()
+
+
+async def test_closed_registry_refuses_everything(registry_url: str) -> None:
+    reg = open_registry(registry_url)
+    await reg.register(rec("a", "inventory"), lease_seconds=30)
+    await reg.close()
+    await reg.close()  # idempotent
+    with pytest.raises(RegistryClosed):
+        await reg.register(rec("b", "inventory"), lease_seconds=30)
+    with pytest.raises(RegistryClosed):
+        await reg.heartbeat("a")
+    with pytest.raises(RegistryClosed):
+        await reg.deregister("a")
+    with pytest.raises(RegistryClosed):
+        async with contextlib.aclosing(reg.watch()) as events:
+            await anext(events)
+
+
+async def test_watch_started_during_changes_converges(registry_url: str) -> None:
+    """A watch started while instances come and go ends up with exactly the live ones:
+    its snapshot misses none and later changes are applied in order."""
+    async with open_registry(registry_url) as writer, open_registry(registry_url) as reader:
+        for i in range(20):
+            await writer.register(rec(f"old{i:02}", "inventory"), lease_seconds=30)
+
+        async def churn() -> None:
+            for i in range(10):
+                await writer.deregister(f"old{i:02}")
+                await writer.register(rec(f"new{i:02}", "inventory"), lease_seconds=30)
+
+        churning = asyncio.ensure_future(churn())
+        view: dict[str, RegistryEvent] = {}
+        async with contextlib.aclosing(reader.watch("inventory")) as events:
+            while (event := await next_event(events)).kind != "synced":
+                view[event.instance_id or ""] = event
+            await churning
+            expected = set(await ids(writer, "inventory"))
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while set(view) != expected:
+                event = await asyncio.wait_for(
+                    anext(events), max(0.01, deadline - time.monotonic())
+                )
+                if event.kind == "removed":
+                    view.pop(event.instance_id or "", None)
+                else:
+                    view[event.instance_id or ""] = event
+        assert len(expected) == 20 and {i[:3] for i in expected} == {"old", "new"}
 
 
 async def test_two_handles_share_state(registry_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +12,7 @@ from rich.table import Table
 
 from tether.cli.output import emit, err, fail, out
 from tether.errors import TetherError
-from tether.registry import InstanceRecord, RegistryError, open_registry
+from tether.registry import InstanceRecord, RegistryError, RegistryUnavailable, open_registry
 from tether.settings import get_settings
 
 RegistryOption = Annotated[
@@ -48,7 +49,7 @@ def _table(records: list[InstanceRecord], title: str) -> Table:
     table.add_column("instance", overflow="fold")
     table.add_column("address", min_width=widest, overflow="fold")  # never cut an address
     table.add_column("health")
-    table.add_column("heartbeat")
+    table.add_column("last heartbeat (UTC)")
     for record in records:
         for ref in record.services:
             status = record.status_for(ref.name)
@@ -63,9 +64,14 @@ def _table(records: list[InstanceRecord], title: str) -> Table:
     return table
 
 
-async def _list(url: str, service: str | None) -> list[InstanceRecord]:
+async def _list(
+    url: str, service: str | None, timeout: float | None = None
+) -> list[InstanceRecord]:
     async with open_registry(url) as registry:
-        return await registry.list(service)
+        try:
+            return await asyncio.wait_for(registry.list(service), timeout)
+        except TimeoutError:
+            raise RegistryUnavailable(f"no answer within {timeout:g} s") from None
 
 
 async def _watch(url: str, service: str | None) -> None:
@@ -93,7 +99,8 @@ def services(
 ) -> None:
     """List services and their instances with health, from the registry.
 
-    A table in a terminal; JSON when piped (with --watch: one JSON event a line).
+    A table in a terminal (heartbeats in UTC); JSON when piped (timestamps in
+    ISO 8601 with their offset; with --watch: one JSON event a line).
     """
     url = _registry_url(registry)
     try:
@@ -116,29 +123,57 @@ def health(
         str, typer.Argument(help="An instance URL (http://host:port) or a service name.")
     ],
     registry: RegistryOption = None,
-    timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds before giving up (with --wait: in all).")
+    ] = 10.0,
+    wait: Annotated[
+        bool, typer.Option(help="Keep checking until healthy, for up to --timeout seconds.")
+    ] = False,
+    min_healthy: Annotated[
+        int, typer.Option(min=1, help="For a service name: healthy instances needed.")
+    ] = 1,
 ) -> None:
     """Check readiness; exit 1 when unhealthy.
 
     For a URL: its GET /readyz with each check. For a service name: every
-    instance in the registry; healthy when at least one instance is.
+    instance in the registry; healthy when at least --min-healthy instances
+    are. With --wait, checks again every 0.2 s until healthy or --timeout.
     """
+    deadline = time.monotonic() + timeout
     if target.startswith(("http://", "https://")):
         from tether.cli.remote import fetch
 
-        try:
-            status, report = fetch(target, "/readyz", timeout)
-        except TetherError as exc:
-            raise fail(exc) from None
+        while True:
+            try:
+                status, report = fetch(target, "/readyz", max(0.1, deadline - time.monotonic()))
+            except TetherError as exc:
+                if wait and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise fail(exc) from None
+            if status == 200 or not wait or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         emit(report)
         raise typer.Exit(0 if status == 200 else 1)
     url = _registry_url(registry)
-    try:
-        records = asyncio.run(_list(url, target))
-    except (RegistryError, OSError, ValueError) as exc:
-        err.print(f"[bold red]error[/] unavailable: registry {url}: {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    while True:
+        try:
+            records = asyncio.run(_list(url, target, max(0.1, deadline - time.monotonic())))
+        except (RegistryError, OSError, ValueError) as exc:
+            if wait and not isinstance(exc, ValueError) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            err.print(f"[bold red]error[/] unavailable: registry {url}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        healthy = sum(r.is_healthy(target) for r in records)
+        if healthy >= min_healthy or not wait or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     emit({"service": target, "instances": [_row(r) for r in records]})
-    if not any(r.is_healthy(target) for r in records):
-        err.print(f"[bold red]unhealthy[/]: no healthy instance of {target!r} in {url}")
+    if healthy < min_healthy:
+        found = f"no healthy instance of {target!r} in {url}"
+        if healthy:
+            found = f"{healthy} healthy instance(s) of {target!r} in {url}, {min_healthy} needed"
+        err.print(f"[bold red]unhealthy[/]: {found}", highlight=False)
         raise typer.Exit(1)

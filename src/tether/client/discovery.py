@@ -19,6 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 from tether.client.retry import RetryPolicy
@@ -34,7 +35,7 @@ from tether.registry import (
 from tether.settings import Settings
 from tether.transports.base import AsyncTransport, RawResponse, SyncTransport
 from tether.transports.http_async import AsyncHTTPTransport
-from tether.transports.http_sync import SyncHTTPTransport
+from tether.transports.http_sync import DEFAULT_CONNECT_TIMEOUT, SyncHTTPTransport
 
 log = logging.getLogger("tether.discovery")
 
@@ -45,29 +46,43 @@ class InstanceCache:
     """The live instances of one service, kept up to date by a registry watch.
 
     The watch runs as a task on an event loop (the sync client's loop thread,
-    or the async client's loop); it restarts with a growing pause when the
-    registry fails, keeping the last view meanwhile.
+    or the async client's loop); it restarts with a growing pause (0.2 s to
+    5 s) whenever the registry fails, whatever the error, keeping the last
+    view meanwhile; :attr:`last_error` says what went wrong.
 
     Args:
         registry_url: ``sqlite:///...``, ``nats://...`` or ``memory://NAME``.
         service: the service's name.
+        settings: NATS credentials for a ``nats://`` registry (default: the
+            process settings).
 
     Raises:
         ValueError: ``registry_url`` has an unknown scheme or option.
     """
 
-    def __init__(self, registry_url: str, service: str) -> None:
-        open_registry(registry_url)  # raises ValueError for a bad URL now, not at a call
+    def __init__(
+        self, registry_url: str, service: str, *, settings: Settings | None = None
+    ) -> None:
+        open_registry(registry_url, settings=settings)  # a bad URL fails now, not at a call
         self.registry_url = registry_url
         self.service = service
+        self.settings = settings
         self._records: dict[str, InstanceRecord] = {}
         self._synced = threading.Event()
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._task: asyncio.Task[None] | None = None
         self.version = 0  # bumps on every change, for observers
+        #: What the last failure of the watch was (``None`` while it works).
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return f"<InstanceCache {self.service} via {self.registry_url} n={len(self._records)}>"
+
+    @property
+    def synced(self) -> bool:
+        """True once a first complete view of the registry arrived."""
+        return self._synced.is_set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the watch on ``loop``, which runs in another thread; idempotent."""
@@ -91,7 +106,7 @@ class InstanceCache:
         pause = 0.2
         while True:
             try:
-                async with open_registry(self.registry_url) as registry:
+                async with open_registry(self.registry_url, settings=self.settings) as registry:
                     # A (re)started watch replays every live instance before
                     # "synced": build the view afresh so that instances removed
                     # while the registry was unreachable go away too.
@@ -103,14 +118,28 @@ class InstanceCache:
                         elif event.kind == "synced":
                             with self._lock:
                                 self._records, fresh = fresh, None
+                                self.last_error = None
                                 self.version += 1
+                                self._changed.notify_all()
                             self._synced.set()
                         elif event.record is not None:
                             fresh[event.record.instance_id] = event.record
+                    raise RegistryError("the registry watch ended")
             except asyncio.CancelledError:
                 raise
-            except (RegistryError, OSError, ValueError) as exc:
-                log.warning("watching %s in %s failed: %s", self.service, self.registry_url, exc)
+            except Exception as exc:
+                # Whatever failed (the registry, a bug), the view must stay and
+                # the watch must come back: an instance cache that silently
+                # stops would serve a stale view for ever.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "watching %s in %s failed (retrying in %.1f s): %s",
+                    self.service,
+                    self.registry_url,
+                    pause,
+                    self.last_error,
+                    exc_info=not isinstance(exc, RegistryError | OSError),
+                )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -121,6 +150,7 @@ class InstanceCache:
             elif record is not None and kind == "removed":
                 self._records.pop(record.instance_id, None)
             self.version += 1
+            self._changed.notify_all()
 
     def wait_synced(self, timeout: float) -> bool:
         """Block until the first complete view arrived; False after ``timeout`` seconds."""
@@ -134,6 +164,17 @@ class InstanceCache:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    def wait_changed(self, version: int, timeout: float) -> None:
+        """Block until :attr:`version` differs from ``version``, or ``timeout`` seconds."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.version != version, timeout)
+
+    async def wait_changed_async(self, version: int, timeout: float) -> None:
+        """Async :meth:`wait_changed` (polls every 20 ms; only used while no instance is known)."""
+        deadline = time.monotonic() + timeout
+        while self.version == version and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
 
     def records(self) -> list[InstanceRecord]:
         """Every known instance of the service, healthy or not."""
@@ -149,6 +190,14 @@ class InstanceCache:
                 await task
 
 
+class NoInstance(Unavailable):
+    """No healthy instance to send a call to (``details["sent"]`` is False).
+
+    The message says why: the registry has not answered yet (and its error),
+    none is registered, or all registered ones are unhealthy.
+    """
+
+
 class Balancer:
     """Picks an instance per attempt and decides on retries (shared by sync and async).
 
@@ -156,41 +205,93 @@ class Balancer:
         service: the service's name (for health and messages).
         selector: ``round_robin``, ``random``, ``first`` or ``least_outstanding``.
         policy: the retry policy.
+        wait_for_instance: seconds a call waits, within its deadline, for a
+            healthy instance to appear when the registry lists none (default
+            1); while the registry has not answered yet, a call waits up to
+            its whole deadline.
+
+    Attributes:
+        calls: answered attempts per instance id.
+        failures: failed attempts per instance id (refused, broken, 503).
     """
 
-    def __init__(self, service: str, selector: str | Selector, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        service: str,
+        selector: str | Selector,
+        policy: RetryPolicy,
+        *,
+        wait_for_instance: float = 1.0,
+    ) -> None:
         self.service = service
         self.selector = make_selector(selector) if isinstance(selector, str) else selector
         self.ejector = OutlierEjector()
         self.policy = policy
+        self.wait_for_instance = wait_for_instance
         self.calls: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
         self._version = -1
         self._healthy: list[InstanceRecord] = []
         self._known = 0
+        self._incarnations: dict[str, tuple[datetime, str]] = {}
 
     def choose(self, cache: InstanceCache) -> InstanceRecord:
         """The instance for the next attempt, among ``cache``'s healthy instances.
 
-        The healthy list is worked out again only when the cache changed.
+        The healthy list is worked out again only when the cache changed; an
+        instance that registered again (a restart: new ``registered_at``, or a
+        new address) then loses its ejection.
 
         Raises:
-            Unavailable: no healthy instance is registered (``sent`` False).
+            NoInstance: no healthy instance is known now (``sent`` False).
         """
         version = cache.version  # read first: a change meanwhile is seen next time
         if version != self._version:
             records = cache.records()
             self._healthy = [r for r in records if r.is_healthy(self.service)]
             self._known = len(records)
-            self.ejector.retain(r.instance_id for r in records)
+            incarnations = {r.instance_id: (r.registered_at, r.address) for r in records}
+            for instance_id, incarnation in incarnations.items():
+                previous = self._incarnations.get(instance_id)
+                if previous is not None and previous != incarnation:
+                    self.ejector.forget(instance_id)  # a new process: its past is not its own
+            self._incarnations = incarnations
+            self.ejector.retain(incarnations)
             self._version = version
         healthy = self._healthy
         if not healthy:
-            known = f"{self._known} registered, none healthy" if self._known else "none registered"
-            raise Unavailable(
-                f"no healthy instance of {self.service!r} in {cache.registry_url} ({known})",
+            raise self._none(cache)
+        return self.selector.select(self.ejector.available(healthy))
+
+    def _none(self, cache: InstanceCache) -> NoInstance:
+        if not cache.synced:
+            cause = f": {cache.last_error}" if cache.last_error else ""
+            return NoInstance(
+                f"no view of {self.service!r} from the registry {cache.registry_url} yet{cause}",
                 {"sent": False},
             )
-        return self.selector.select(self.ejector.available(healthy))
+        known = f"{self._known} registered, none healthy" if self._known else "none registered"
+        failing = (
+            f"; the registry watch is failing, this is the last view: {cache.last_error}"
+            if cache.last_error
+            else ""
+        )
+        return NoInstance(
+            f"no healthy instance of {self.service!r} in {cache.registry_url} ({known}){failing}",
+            {"sent": False},
+        )
+
+    def wait_before_failing(
+        self, cache: InstanceCache, deadline: float, since: float, now: float
+    ) -> float:
+        """Seconds to wait for an instance after :meth:`choose` found none (0: fail now).
+
+        ``since``: when this call first found none; ``deadline``: the call's,
+        both in ``time.monotonic()`` seconds.
+        """
+        if not cache.synced:
+            return max(0.0, deadline - now)
+        return max(0.0, min(deadline, since + self.wait_for_instance) - now)
 
     def succeeded(self, record: InstanceRecord) -> None:
         """The attempt on ``record`` got an answer from the service."""
@@ -202,7 +303,28 @@ class Balancer:
         """The attempt on ``record`` failed: eject it for a while."""
         period = self.ejector.record_failure(record.instance_id)
         self.policy.budget.on_failure()
+        self.failures[record.instance_id] += 1
         log.info("ejected %s (%s) for %.1f s", record.instance_id, record.address, period)
+
+    def retry_wait(
+        self,
+        error: TetherError,
+        attempt: int,
+        *,
+        idempotent: bool,
+        remaining: float,
+        retry_after: float | None,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up now: the
+        policy says no, or the wait (a server's ``Retry-After`` included) would
+        not leave time for another attempt within ``remaining`` seconds."""
+        policy = self.policy
+        if not policy.should_retry(
+            error, attempt, idempotent=idempotent, remaining=remaining, retry_after=retry_after
+        ):
+            return None
+        wait = policy.backoff(attempt, retry_after)
+        return wait if wait < remaining else None
 
 
 def _overloaded(raw: RawResponse) -> TetherError | None:
@@ -264,17 +386,26 @@ class SyncDiscoveredTransport:
     ) -> RawResponse:
         """Send to a chosen instance; retry on another where safe, within ``timeout``.
 
+        While the registry has not answered yet, waits for it (within
+        ``timeout``); when it lists no healthy instance, waits up to the
+        balancer's ``wait_for_instance`` for one. An attempt that fails before
+        or while connecting (refused, no connection within the transport's
+        connect timeout), that breaks, or that is answered 503 ejects the
+        instance. No retry when the wait before it (``Retry-After``
+        included) would use up the time left: the last answer is returned.
+
         Raises:
-            Unavailable: no healthy instance, or every allowed attempt failed.
+            NoInstance: no healthy instance (an ``Unavailable`` whose message
+                gives the cause, e.g. the registry's error).
+            Unavailable: every allowed attempt failed.
             DeadlineExceeded: the deadline passed.
         """
         deadline = time.monotonic() + timeout
         self.cache.start(self._loop())
-        self.cache.wait_synced(min(timeout, 5.0))
-        policy, attempt = self.balancer.policy, 0
+        attempt = 0
         while True:
             attempt += 1
-            record = self.balancer.choose(self.cache)
+            record = self._choose(deadline)
             remaining = deadline - time.monotonic()
             raw: RawResponse | None = None
             error: TetherError
@@ -297,13 +428,33 @@ class SyncDiscoveredTransport:
                     return raw
                 error = overloaded
             self.balancer.failed(record)
-            remaining = deadline - time.monotonic()
-            retry_after = raw.retry_after if raw is not None else None
-            if not policy.should_retry(error, attempt, idempotent=idempotent, remaining=remaining):
+            wait = self.balancer.retry_wait(
+                error,
+                attempt,
+                idempotent=idempotent,
+                remaining=deadline - time.monotonic(),
+                retry_after=raw.retry_after if raw is not None else None,
+            )
+            if wait is None:
                 if raw is not None:
                     return raw
                 raise error
-            time.sleep(min(policy.backoff(attempt, retry_after), max(0.0, remaining)))
+            time.sleep(wait)
+
+    def _choose(self, deadline: float) -> InstanceRecord:
+        """An instance for the next attempt, waiting (within ``deadline``) while none is known."""
+        since: float | None = None
+        while True:
+            version = self.cache.version
+            try:
+                return self.balancer.choose(self.cache)
+            except NoInstance:
+                now = time.monotonic()
+                since = now if since is None else since
+                wait = self.balancer.wait_before_failing(self.cache, deadline, since, now)
+                if wait <= 0:
+                    raise
+            self.cache.wait_changed(version, wait)
 
     def close(self) -> None:
         """Close the per-instance transports (the cache belongs to the client)."""
@@ -343,11 +494,10 @@ class AsyncDiscoveredTransport:
         """See :meth:`SyncDiscoveredTransport.send`."""
         deadline = time.monotonic() + timeout
         self.cache.start_here()
-        await self.cache.wait_synced_async(min(timeout, 5.0))
-        policy, attempt = self.balancer.policy, 0
+        attempt = 0
         while True:
             attempt += 1
-            record = self.balancer.choose(self.cache)
+            record = await self._choose(deadline)
             key = (record.instance_id, record.address)
             transport = self._transports.get(key)
             if transport is None:
@@ -376,13 +526,33 @@ class AsyncDiscoveredTransport:
                     return raw
                 error = overloaded
             self.balancer.failed(record)
-            remaining = deadline - time.monotonic()
-            retry_after = raw.retry_after if raw is not None else None
-            if not policy.should_retry(error, attempt, idempotent=idempotent, remaining=remaining):
+            wait = self.balancer.retry_wait(
+                error,
+                attempt,
+                idempotent=idempotent,
+                remaining=deadline - time.monotonic(),
+                retry_after=raw.retry_after if raw is not None else None,
+            )
+            if wait is None:
                 if raw is not None:
                     return raw
                 raise error
-            await asyncio.sleep(min(policy.backoff(attempt, retry_after), max(0.0, remaining)))
+            await asyncio.sleep(wait)
+
+    async def _choose(self, deadline: float) -> InstanceRecord:
+        """See :meth:`SyncDiscoveredTransport._choose`."""
+        since: float | None = None
+        while True:
+            version = self.cache.version
+            try:
+                return self.balancer.choose(self.cache)
+            except NoInstance:
+                now = time.monotonic()
+                since = now if since is None else since
+                wait = self.balancer.wait_before_failing(self.cache, deadline, since, now)
+                if wait <= 0:
+                    raise
+            await self.cache.wait_changed_async(version, wait)
 
     async def close(self) -> None:
         """Close the per-instance transports."""
@@ -415,17 +585,22 @@ def sync_instance_transport(
     settings: Settings,
     run_async: Callable[[Coroutine[Any, Any, Any], float | None], Any],
     ssl_context: ssl.SSLContext | None,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> SyncTransport:
     """The transport for an instance's advertised address.
 
-    ``http(s)://host:port`` is called directly; ``nats://host:port#ID`` (a
-    relay instance) through NATS, addressed to that instance.
+    ``http(s)://host:port`` is called directly, with new connections given
+    at most ``connect_timeout`` seconds (a dead host is then a failure
+    before sending: retried elsewhere, the instance ejected);
+    ``nats://host:port#ID`` (a relay instance) through NATS, addressed to
+    that instance.
 
     Raises:
         ValueError: an address of another scheme.
     """
     if address.startswith(("http://", "https://")):
-        return SyncHTTPTransport(address, ssl_context=ssl_context)
+        return SyncHTTPTransport(address, ssl_context=ssl_context, connect_timeout=connect_timeout)
     if address.startswith(("nats://", "tls://")):
         from tether.transports.nats import SyncNatsTransport  # nats-py only when used
         from tether.transports.nats_connect import NatsCredentials, split_address
@@ -441,11 +616,15 @@ def sync_instance_transport(
 
 
 def async_instance_transport(
-    address: str, settings: Settings, ssl_context: ssl.SSLContext | None
+    address: str,
+    settings: Settings,
+    ssl_context: ssl.SSLContext | None,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncTransport:
     """The asyncio twin of :func:`sync_instance_transport`."""
     if address.startswith(("http://", "https://")):
-        return AsyncHTTPTransport(address, ssl_context=ssl_context)
+        return AsyncHTTPTransport(address, ssl_context=ssl_context, connect_timeout=connect_timeout)
     if address.startswith(("nats://", "tls://")):
         from tether.transports.nats import AsyncNatsTransport
         from tether.transports.nats_connect import NatsCredentials, split_address

@@ -4,7 +4,8 @@ Retries happen only where they are safe: the method is declared idempotent,
 or the failure happened before the request was sent (a refused
 connection). Waits grow exponentially with "full jitter" (AWS Architecture
 Blog, "Exponential Backoff and Jitter", 2015), a server's ``Retry-After``
-wins when it is longer, and every attempt fits inside the call's deadline.
+wins when it is longer, and every attempt fits inside the call's deadline (a
+``Retry-After`` longer than the time left ends the retries at once).
 A retry budget (gRPC's retry throttling, proposal A6: a token bucket that
 failures drain and successes refill) stops retries from multiplying load on
 a service that is failing for everyone.
@@ -82,16 +83,26 @@ class RetryPolicy:
         return max(wait, retry_after) if retry_after is not None else wait
 
     def should_retry(
-        self, error: TetherError, attempt: int, *, idempotent: bool, remaining: float
+        self,
+        error: TetherError,
+        attempt: int,
+        *,
+        idempotent: bool,
+        remaining: float,
+        retry_after: float | None = None,
     ) -> bool:
         """Whether to try again after ``error`` on attempt ``attempt``.
 
         Only ``unavailable`` errors are retried: when the request was never
         sent (``details["sent"] is False``), always; otherwise only for
         idempotent methods. Never past ``max_attempts``, the budget or the
-        deadline (``remaining`` seconds).
+        deadline (``remaining`` seconds), nor when the server's
+        ``retry_after`` (seconds) is longer than the time left: waiting for it
+        would spend the deadline, so the answer is returned at once.
         """
         if attempt >= self.max_attempts or remaining <= 0:
+            return False
+        if retry_after is not None and retry_after >= remaining:
             return False
         if error.code is not StatusCode.UNAVAILABLE:
             return False

@@ -4,6 +4,9 @@ Pick a backend by URL with :func:`open_registry`::
 
     async with open_registry("sqlite:///var/lib/tether/registry.db") as registry:
         await registry.register(record, lease_seconds=10)
+        await registry.heartbeat(record.instance_id)   # within the lease
+        print(await registry.list("inventory"))
+        await registry.deregister(record.instance_id)
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from .selectors import SELECTOR_NAMES, NoCandidates, Selector, make_selector
 from .sqlite import SqliteRegistry
 
 if TYPE_CHECKING:
+    from tether.settings import Settings
+
     from .nats import NatsRegistry
 
 __all__ = [
@@ -70,27 +75,55 @@ def _one(query: dict[str, list[str]], key: str) -> str | None:
 
 def _sqlite_path(url: str) -> str:
     parts = urlsplit(url)
-    # sqlite:///abs/x.db -> /abs/x.db; sqlite://rel/x.db -> rel/x.db
+    # sqlite:///abs/x.db -> /abs/x.db; sqlite://rel/x.db -> rel/x.db;
+    # sqlite:////abs/x.db (the SQLAlchemy spelling the job store uses) -> /abs/x.db
     path = parts.netloc + parts.path
     if not path or path == "/":
         raise ValueError(f"registry URL {url!r} names no file: use sqlite:///path/to/registry.db")
+    while path.startswith("//"):
+        path = path[1:]
     return path
 
 
-def open_registry(url: str) -> Registry:
+def _seconds(url: str, name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} in registry URL {url!r} is not a number") from None
+
+
+def open_registry(url: str, *, settings: Settings | None = None) -> Registry:
     """Create the registry that ``url`` names, without connecting yet.
 
     Schemes:
         ``memory://`` a private in-process registry; ``memory://NAME`` one shared
         by every handle of that name in this process.
         ``sqlite:///abs/path/registry.db`` (or ``sqlite://relative/path.db``); query
-        option ``poll_interval`` (seconds, default 0.2).
+        options ``poll_interval`` (seconds between a watcher's checks, default
+        0.2) and ``busy_timeout`` (seconds to wait for another process's write
+        lock, default 5).
         ``nats://host:port`` (also ``tls://``; several servers separated by commas,
         credentials in the URL as ``nats://user:pass@host:port``); query options
-        ``bucket`` (default ``tether_registry``) and ``marker_ttl`` (seconds).
+        ``bucket`` (default ``tether_registry``) and ``marker_ttl`` (seconds that
+        deletion markers stay, default 60). The NATS login and TLS come from
+        the ``TETHER_NATS_*`` settings (user and password, token, NKey seed,
+        ``.creds`` file, TLS files; see
+        :class:`~tether.transports.nats_connect.NatsCredentials`); a user and
+        password in the URL win over the settings' user and password.
 
-    Returns a :class:`Registry`; raises ``ValueError`` for an unknown scheme,
-    an unknown query option or a bad value.
+    Args:
+        url: the registry URL.
+        settings: where the NATS credentials come from (default:
+            :func:`tether.settings.get_settings`).
+
+    Returns:
+        A :class:`Registry`, not connected yet.
+
+    Raises:
+        ValueError: an unknown scheme, an unknown query option, a bad value,
+            or a NATS credentials or TLS file that cannot be read.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -99,24 +132,29 @@ def open_registry(url: str) -> Registry:
     if scheme == "memory":
         registry = MemoryRegistry(parts.netloc or None)
     elif scheme == "sqlite":
-        poll = _one(query, "poll_interval")
-        registry = SqliteRegistry(
-            _sqlite_path(url), poll_interval=float(poll) if poll is not None else 0.2
-        )
+        poll = _seconds(url, "poll_interval", _one(query, "poll_interval"), 0.2)
+        busy = _seconds(url, "busy_timeout", _one(query, "busy_timeout"), 5.0)
+        registry = SqliteRegistry(_sqlite_path(url), poll_interval=poll, busy_timeout=busy)
     elif scheme in ("nats", "tls"):
+        from tether.settings import get_settings
+        from tether.transports.nats_connect import NatsCredentials
+
         from .nats import DEFAULT_BUCKET, NatsRegistry
 
         bucket = _one(query, "bucket") or DEFAULT_BUCKET
-        marker_ttl = _one(query, "marker_ttl")
+        marker_ttl = _seconds(url, "marker_ttl", _one(query, "marker_ttl"), 60.0)
         servers = [
             urlunsplit((scheme, netloc, "", "", "")) for netloc in parts.netloc.split(",") if netloc
         ]
         if not servers:
             raise ValueError(f"registry URL {url!r} names no NATS server")
+        credentials = NatsCredentials.from_settings(settings or get_settings(), url)
+        options = credentials.connect_options()
+        if "@" in parts.netloc:  # the URL's own login wins
+            options.pop("user", None)
+            options.pop("password", None)
         registry = NatsRegistry(
-            servers,
-            bucket=bucket,
-            marker_ttl=float(marker_ttl) if marker_ttl is not None else 60.0,
+            servers, bucket=bucket, marker_ttl=marker_ttl, connect_options=options
         )
     else:
         raise ValueError(

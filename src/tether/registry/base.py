@@ -107,6 +107,15 @@ class Registry(abc.ABC):
 
     Constructors do no I/O; the first operation connects. An ``async with`` block
     closes the registry on exit. A registry belongs to one event loop.
+
+    Errors, the same for every backend:
+    :class:`~tether.registry.errors.RegistryUnavailable` when the backend
+    fails (NATS unreachable or answering an error, the SQLite file locked
+    past its busy timeout or unreadable), usually transient;
+    :class:`~tether.registry.errors.RegistryClosed` after :meth:`close`;
+    :class:`~tether.registry.errors.InstanceNotRegistered` from
+    :meth:`heartbeat` when the entry is gone. All are
+    :class:`~tether.registry.errors.RegistryError`.
     """
 
     @abc.abstractmethod
@@ -116,8 +125,12 @@ class Registry(abc.ABC):
         ``lease_seconds`` (seconds, > 0; default: ``record.lease_seconds``) is how
         long the entry lives without a heartbeat. The registry sets
         ``registered_at`` and ``last_heartbeat`` to now and stores the lease in
-        the record. Raises ``ValueError`` for a bad lease,
-        :class:`~tether.registry.errors.RegistryClosed` after close.
+        the record.
+
+        Raises:
+            ValueError: the lease is not a finite number > 0.
+            RegistryUnavailable: the backend failed.
+            RegistryClosed: after :meth:`close`.
         """
 
     @abc.abstractmethod
@@ -131,14 +144,23 @@ class Registry(abc.ABC):
         """Renew the lease of ``instance_id`` for another ``lease_seconds``.
 
         ``health`` (if given) replaces the overall health; ``service_health`` (if
-        given) is merged into the per-service health. Raises
-        :class:`~tether.registry.errors.InstanceNotRegistered` when the entry is
-        gone (expired, deregistered, never registered): register again.
+        given) is merged into the per-service health.
+
+        Raises:
+            InstanceNotRegistered: the entry is gone (expired, deregistered,
+                never registered): register again.
+            RegistryUnavailable: the backend failed.
+            RegistryClosed: after :meth:`close`.
         """
 
     @abc.abstractmethod
     async def deregister(self, instance_id: str) -> None:
-        """Remove the entry of ``instance_id`` now. Unknown ids are ignored."""
+        """Remove the entry of ``instance_id`` now. Unknown ids are ignored.
+
+        Raises:
+            RegistryUnavailable: the backend failed.
+            RegistryClosed: after :meth:`close`.
+        """
 
     @abc.abstractmethod
     async def list(self, service: str | None = None, *, include_unhealthy: bool = True) -> _Records:
@@ -147,6 +169,10 @@ class Registry(abc.ABC):
         ``service``: only instances serving it (``None``: all). With
         ``include_unhealthy=False``, instances whose health for ``service`` is
         ``critical`` are left out. Entries whose lease ended are never returned.
+
+        Raises:
+            RegistryUnavailable: the backend failed.
+            RegistryClosed: after :meth:`close`.
         """
 
     @abc.abstractmethod
@@ -159,6 +185,11 @@ class Registry(abc.ABC):
         Lease renewals alone yield nothing. The iterator ends when the registry
         is closed. It is an async generator: break out of it inside
         ``contextlib.aclosing(...)`` to release its resources promptly.
+
+        Raises (from the iteration):
+            RegistryUnavailable: the backend failed when the watch started
+                (and, for SQLite, later: the watch then ends; start another).
+            RegistryClosed: the registry was closed before the watch started.
         """
 
     @abc.abstractmethod

@@ -29,4 +29,7 @@ class RegistryClosed(RegistryError):
 
 
 class RegistryUnavailable(RegistryError, ConnectionError):
-    """The registry's backend (e.g. the NATS server) cannot be reached in time."""
+    """The registry's backend failed: the NATS server cannot be reached in time or
+    answered with an error, the SQLite file stayed locked past its busy timeout,
+    cannot be opened or is corrupt. Usually transient: retry later. The
+    backend's own exception is the ``__cause__``."""

@@ -3,13 +3,17 @@
 ``MemoryRegistry()`` owns a private store; ``MemoryRegistry("name")`` (URL
 ``memory://name``) shares one store with every other handle of that name in
 this process. Leases expire by the injected clock (wall-clock seconds by
-default). Not thread-safe: use it from one event loop.
+default). A handle belongs to one event loop; handles of one named store may
+live on different loops and threads (a sync ``Client`` watches on a loop
+thread of its own): a change wakes each watcher on its own loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime
@@ -29,20 +33,23 @@ class _Store:
     def __init__(self) -> None:
         self.entries: dict[str, tuple[InstanceRecord, float]] = {}
         self.listeners: set[Callable[[], None]] = set()
+        self.lock = threading.Lock()  # handles on several threads share the entries
 
     def notify(self) -> None:
         for listener in builtins.list(self.listeners):
             listener()
 
     def prune(self, now: float) -> None:
-        expired = [key for key, (_, exp) in self.entries.items() if exp <= now]
-        for key in expired:
-            del self.entries[key]
+        with self.lock:
+            expired = [key for key, (_, exp) in self.entries.items() if exp <= now]
+            for key in expired:
+                del self.entries[key]
         if expired:
             self.notify()
 
     def next_expiry(self) -> float | None:
-        return min((exp for _, exp in self.entries.values()), default=None)
+        with self.lock:
+            return min((exp for _, exp in self.entries.values()), default=None)
 
 
 _NAMED_STORES: dict[str, _Store] = {}
@@ -77,7 +84,8 @@ class MemoryRegistry(Registry):
 
     def _live(self) -> builtins.list[InstanceRecord]:
         self._store.prune(self._clock())
-        return [record for record, _ in self._store.entries.values()]
+        with self._store.lock:
+            return [record for record, _ in self._store.entries.values()]
 
     async def register(self, record: InstanceRecord, lease_seconds: float | None = None) -> None:
         """See :meth:`Registry.register`."""
@@ -88,7 +96,8 @@ class MemoryRegistry(Registry):
             update={"registered_at": now_dt, "last_heartbeat": now_dt, "lease_seconds": lease}
         )
         self._store.prune(now)
-        self._store.entries[record.instance_id] = (stored, now + lease)
+        with self._store.lock:
+            self._store.entries[record.instance_id] = (stored, now + lease)
         self._store.notify()
 
     async def heartbeat(
@@ -102,19 +111,22 @@ class MemoryRegistry(Registry):
         self._check_open()
         now, now_dt = self._now()
         self._store.prune(now)
-        entry = self._store.entries.get(instance_id)
-        if entry is None:
-            raise InstanceNotRegistered(instance_id)
-        old = entry[0]
-        new = with_heartbeat(old, now_dt, health=health, service_health=service_health)
-        self._store.entries[instance_id] = (new, now + new.lease_seconds)
+        with self._store.lock:
+            entry = self._store.entries.get(instance_id)
+            if entry is None:
+                raise InstanceNotRegistered(instance_id)
+            old = entry[0]
+            new = with_heartbeat(old, now_dt, health=health, service_health=service_health)
+            self._store.entries[instance_id] = (new, now + new.lease_seconds)
         if new.content_key() != old.content_key():
             self._store.notify()
 
     async def deregister(self, instance_id: str) -> None:
         """See :meth:`Registry.deregister`."""
         self._check_open()
-        if self._store.entries.pop(instance_id, None) is not None:
+        with self._store.lock:
+            gone = self._store.entries.pop(instance_id, None)
+        if gone is not None:
             self._store.notify()
 
     async def list(
@@ -130,7 +142,14 @@ class MemoryRegistry(Registry):
         self._check_open()
         view = WatchView(service)
         changed = asyncio.Event()
-        self._store.listeners.add(changed.set)
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            # Called by whichever thread changed the store; the Event belongs to this loop.
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(changed.set)
+
+        self._store.listeners.add(wake)
         self._wakeups.add(changed)
         try:
             for event in view.replace_all(self._live()):
@@ -144,7 +163,7 @@ class MemoryRegistry(Registry):
                     break
                 await self._wait(changed)
         finally:
-            self._store.listeners.discard(changed.set)
+            self._store.listeners.discard(wake)
             self._wakeups.discard(changed)
 
     async def _wait(self, changed: asyncio.Event) -> None:

@@ -13,6 +13,16 @@ that races an expiry or a deregistration fails with
 :class:`~tether.registry.errors.InstanceNotRegistered` instead of
 resurrecting the entry.
 
+A watch subscribes to new messages first, then reads the snapshot the way
+:meth:`NatsRegistry.list` does (the stream's subjects, then each key's last
+entry), then applies the messages that are newer than what the snapshot saw,
+by stream sequence. nats-py's KV watcher is not used: its end-of-snapshot
+marker can come before the snapshot under load.
+
+Every NATS failure (no connection, a timeout, an error answer from
+JetStream) is raised as :class:`~tether.registry.errors.RegistryUnavailable`
+with nats-py's exception as the cause.
+
 Expiry is decided by the NATS server's clock only; clients never compare
 timestamps across machines.
 """
@@ -25,14 +35,16 @@ import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
-from nats.js.kv import KeyValue, StopIterSentinel
+from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from .base import Registry, WatchView, filter_records, resolve_lease, with_heartbeat
@@ -46,6 +58,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUCKET = "tether_registry"
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 _DELETE_OPS = ("DEL", "PURGE")
+_OP_HEADER = "KV-Operation"
+_MARKER_HEADER = "Nats-Marker-Reason"  # server-placed delete markers (TTL expiry, purge)
 _RECONNECT_CHECK = 1.0  # seconds between a watcher's checks for a reconnection
 _RESYNC_RETRY = 0.5  # seconds between attempts to restart a watch after an outage
 
@@ -55,24 +69,47 @@ def _reconnects(client: NatsClient | None) -> int:
     return 0 if client is None else int(client.stats["reconnects"])
 
 
+def _without_login(url: str) -> str:
+    """``url`` without its user and password, for messages."""
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+
+
 def _ttl_seconds(lease: float) -> int:
     """Per-message TTL for ``lease`` seconds: whole seconds, rounded up, >= 1."""
     return max(1, math.ceil(lease - 1e-9))
 
 
 @contextlib.contextmanager
-def _unavailable_on_transport_errors() -> Iterator[None]:
+def _backend_errors() -> Iterator[None]:
+    """NATS failures as RegistryUnavailable. A missing key stays
+    ``KeyNotFoundError``, which the callers turn into their own answer."""
     try:
         yield
-    except (
-        nats.errors.TimeoutError,
-        nats.errors.ConnectionClosedError,
-        nats.errors.NoRespondersError,
-        nats.errors.NoServersError,
-        nats.js.errors.NoStreamResponseError,
-        nats.js.errors.ServiceUnavailableError,
-    ) as exc:
+    except nats.js.errors.KeyNotFoundError:
+        raise
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise RegistryUnavailable(f"NATS registry unavailable: {exc!r}") from exc
+
+
+class _Updates:
+    """Messages of one watch's subscription, queued for the watch to read.
+
+    ``None`` in the queue means: stop (the registry is closing)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self.subscription: Subscription | None = None
+
+    async def put(self, msg: Msg) -> None:
+        self.queue.put_nowait(msg)
+
+    async def stop(self) -> None:
+        self.queue.put_nowait(None)
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
 
 class NatsRegistry(Registry):
@@ -91,7 +128,12 @@ class NatsRegistry(Registry):
             raising :class:`RegistryUnavailable` (default 5).
         request_timeout: seconds per JetStream request (default 5).
         connect_options: extra keyword arguments for ``nats.connect`` (user,
-            password, token, tls, ...).
+            password, token, tls, ...); :func:`~tether.registry.open_registry`
+            fills them from the ``TETHER_NATS_*`` settings
+            (:class:`~tether.transports.nats_connect.NatsCredentials`).
+
+    Needs a NATS server 2.11 or later with JetStream enabled
+    (``nats-server -js``): leases are per-message TTLs.
     """
 
     def __init__(
@@ -117,7 +159,7 @@ class NatsRegistry(Registry):
         self._kv: KeyValue | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        self._watchers: set[KeyValue.KeyWatcher] = set()
+        self._watches: set[_Updates] = set()
 
     # -- connection -----------------------------------------------------------
 
@@ -134,13 +176,17 @@ class NatsRegistry(Registry):
                 if self._client is None:
                     self._client = await self._connect()
                 js = self._client.jetstream(timeout=self._request_timeout)
-                with _unavailable_on_transport_errors():
+                with _backend_errors():
                     self._kv = await self._open_bucket(js)
                 self._js = js
             return self._js, self._kv
 
     async def _connect(self) -> NatsClient:
+        errors: list[Exception] = []
+
         async def on_error(exc: Exception) -> None:
+            errors.append(exc)  # the last one says why a first connection fails
+            del errors[:-1]
             logger.debug("NATS registry connection error: %r", exc)
 
         options: dict[str, Any] = {
@@ -156,9 +202,10 @@ class NatsRegistry(Registry):
                 nats.connect(self._servers, **options), self._connect_timeout
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            cause = f"{errors[-1]!r}" if errors else f"{exc!r}"
             raise RegistryUnavailable(
-                f"cannot connect to NATS at {', '.join(self._servers)} "
-                f"within {self._connect_timeout} s: {exc!r}"
+                f"cannot connect to NATS at {', '.join(_without_login(s) for s in self._servers)} "
+                f"within {self._connect_timeout} s: {cause}"
             ) from exc
 
     async def _open_bucket(self, js: JetStreamContext) -> KeyValue:
@@ -199,22 +246,27 @@ class NatsRegistry(Registry):
         headers = None
         if last_revision is not None:
             headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last_revision)}
-        try:
-            with _unavailable_on_transport_errors():
+        with _backend_errors():
+            try:
                 await js.publish(
                     self._subject(record.instance_id),
                     record.model_dump_json().encode(),
                     headers=headers,
                     msg_ttl=_ttl_seconds(record.lease_seconds),
                 )
-        except nats.js.errors.APIError as exc:
-            if last_revision is not None and exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise InstanceNotRegistered(record.instance_id) from exc
-            raise
+            except nats.js.errors.APIError as exc:
+                if last_revision is not None and exc.err_code in _WRONG_LAST_SEQUENCE:
+                    raise InstanceNotRegistered(record.instance_id) from exc
+                raise
 
     async def register(self, record: InstanceRecord, lease_seconds: float | None = None) -> None:
         """See :meth:`Registry.register`. The lease is rounded up to whole seconds.
-        Raises :class:`RegistryUnavailable` when NATS cannot be reached."""
+
+        Raises:
+            ValueError: a lease that is not a finite number > 0.
+            RegistryUnavailable: NATS cannot be reached or refused the write.
+            RegistryClosed: after :meth:`close`.
+        """
         lease = float(_ttl_seconds(resolve_lease(record, lease_seconds)))
         now = utc_now()
         await self._put(
@@ -230,11 +282,18 @@ class NatsRegistry(Registry):
         health: HealthStatus | None = None,
         service_health: Mapping[str, HealthStatus] | None = None,
     ) -> None:
-        """See :meth:`Registry.heartbeat`. Raises :class:`InstanceNotRegistered`,
-        or :class:`RegistryUnavailable` when NATS cannot be reached."""
+        """See :meth:`Registry.heartbeat`.
+
+        Raises:
+            InstanceNotRegistered: the entry is gone (its lease ended, or it
+                was deregistered or never registered), also when that
+                happened between this heartbeat's read and its write.
+            RegistryUnavailable: NATS cannot be reached or answered an error.
+            RegistryClosed: after :meth:`close`.
+        """
         _, kv = await self._ensure()
         try:
-            with _unavailable_on_transport_errors():
+            with _backend_errors():
                 entry = await kv.get(instance_id)
         except nats.js.errors.KeyNotFoundError as exc:
             raise InstanceNotRegistered(instance_id) from exc
@@ -245,38 +304,56 @@ class NatsRegistry(Registry):
         await self._put(new, last_revision=entry.revision)
 
     async def deregister(self, instance_id: str) -> None:
-        """See :meth:`Registry.deregister`. Raises :class:`RegistryUnavailable`."""
+        """See :meth:`Registry.deregister`.
+
+        Raises:
+            RegistryUnavailable: NATS cannot be reached or answered an error.
+            RegistryClosed: after :meth:`close`.
+        """
         _, kv = await self._ensure()
-        with _unavailable_on_transport_errors():
+        with _backend_errors():
             await kv.purge(instance_id, msg_ttl=_ttl_seconds(self._marker_ttl))
 
     async def list(
         self, service: str | None = None, *, include_unhealthy: bool = True
     ) -> builtins.list[InstanceRecord]:
-        """See :meth:`Registry.list`. Raises :class:`RegistryUnavailable`."""
+        """See :meth:`Registry.list`.
+
+        Raises:
+            RegistryUnavailable: NATS cannot be reached or answered an error.
+            RegistryClosed: after :meth:`close`.
+        """
         js, kv = await self._ensure()
-        with _unavailable_on_transport_errors():
-            keys = await self._keys(js)
-            entries = await asyncio.gather(*(self._get_entry(kv, key) for key in keys))
-        records = [
-            record
-            for key, entry in zip(keys, entries, strict=True)
-            if entry is not None and (record := self._decode(key, entry.value)) is not None
-        ]
+        _, snapshot = await self._snapshot(js, kv)
+        records = [record for _, record in snapshot.values() if record is not None]
         return filter_records(records, service, include_unhealthy)
 
-    async def _keys(self, js: JetStreamContext) -> builtins.list[str]:
-        """Keys that have a message in the bucket's stream (live, deleted or marker).
+    async def _snapshot(
+        self, js: JetStreamContext, kv: KeyValue
+    ) -> tuple[int, dict[str, tuple[int, InstanceRecord | None]]]:
+        """The bucket now: ``(stream sequence, {key: (revision, record or None)})``.
 
-        Read from the stream's subject counts rather than a KV watcher: a
-        watcher's end-of-snapshot marker can come before the snapshot under
-        load (nats-py decides it from a consumer-info race), and a list that
-        misses a live instance would report it gone.
+        The keys are read from the stream's subjects rather than a KV watcher:
+        a watcher's end-of-snapshot marker can come before the snapshot under
+        load (nats-py decides it from a consumer-info race), and a view that
+        misses a live instance would report it gone. The sequence is the
+        stream's last one before the keys' entries were read: every change up
+        to it is reflected, later ones may be. Keys whose entry is deleted
+        or gone map to ``(sequence, None)``.
         """
-        info = await js.stream_info(f"KV_{self.bucket}", subjects_filter=f"$KV.{self.bucket}.>")
-        prefix = f"$KV.{self.bucket}."
-        subjects = info.state.subjects or {}
-        return sorted(subject[len(prefix) :] for subject in subjects)
+        with _backend_errors():
+            info = await js.stream_info(f"KV_{self.bucket}", subjects_filter=f"$KV.{self.bucket}.>")
+            prefix = f"$KV.{self.bucket}."
+            keys = sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+            entries = await asyncio.gather(*(self._get_entry(kv, key) for key in keys))
+        sequence = int(info.state.last_seq)
+        snapshot: dict[str, tuple[int, InstanceRecord | None]] = {}
+        for key, entry in zip(keys, entries, strict=True):
+            if entry is None or entry.revision is None:
+                snapshot[key] = (sequence, None)
+            else:
+                snapshot[key] = (int(entry.revision), self._decode(key, entry.value))
+        return sequence, snapshot
 
     @staticmethod
     async def _get_entry(kv: KeyValue, key: str) -> KeyValue.Entry | None:
@@ -292,81 +369,106 @@ class NatsRegistry(Registry):
 
         After the NATS connection reconnects (e.g. a server restart), the watch
         takes a fresh snapshot within about a second and reports the difference
-        (instances that expired or appeared meanwhile). Raises
-        :class:`RegistryUnavailable` if NATS is unreachable when the watch
-        starts; later outages only delay events.
+        (instances that expired or appeared meanwhile).
+
+        Raises:
+            RegistryUnavailable: NATS is unreachable when the watch starts;
+                later outages only delay events.
+            RegistryClosed: the registry was closed before the watch started.
         """
+        if self._closed:
+            raise RegistryClosed("the registry is closed")
         view = WatchView(service)
         synced = False
         while not self._closed:
+            updates = _Updates()
             try:
-                _, kv = await self._ensure()
+                js, kv = await self._ensure()
                 client = self._client
-                with _unavailable_on_transport_errors():
-                    watcher = await kv.watchall()
+                reconnects = _reconnects(client)
+                # Subscribe before the snapshot so that no change falls between.
+                with _backend_errors():
+                    updates.subscription = await js.subscribe(
+                        f"$KV.{self.bucket}.>",
+                        stream=f"KV_{self.bucket}",
+                        cb=updates.put,
+                        ordered_consumer=True,
+                        deliver_policy=api.DeliverPolicy.NEW,
+                    )
+                self._watches.add(updates)
+                sequence, snapshot = await self._snapshot(js, kv)
             except RegistryClosed:
+                await updates.stop()
+                if not synced:
+                    raise
                 return
             except RegistryUnavailable:
+                self._watches.discard(updates)
+                await updates.stop()
                 if not synced:
                     raise
                 await asyncio.sleep(_RESYNC_RETRY)
                 continue
-            self._watchers.add(watcher)
             try:
-                async with contextlib.aclosing(self._follow(watcher, client, view)) as events:
+                live = (record for _, record in snapshot.values() if record is not None)
+                for event in view.replace_all(live):
+                    yield event
+                if not synced:
+                    synced = True
+                    yield RegistryEvent(kind="synced")
+                revisions = {key: revision for key, (revision, _) in snapshot.items()}
+                async with contextlib.aclosing(
+                    self._follow(updates, client, reconnects, view, sequence, revisions)
+                ) as events:
                     async for event in events:
-                        if event.kind == "synced":
-                            if synced:
-                                continue
-                            synced = True
                         yield event
             finally:
-                self._watchers.discard(watcher)
-                await self._stop(watcher)
+                self._watches.discard(updates)
+                await updates.stop()
 
     async def _follow(
-        self, watcher: KeyValue.KeyWatcher, client: NatsClient | None, view: WatchView
+        self,
+        updates: _Updates,
+        client: NatsClient | None,
+        reconnects: int,
+        view: WatchView,
+        sequence: int,
+        revisions: dict[str, int],
     ) -> AsyncGenerator[RegistryEvent, None]:
-        """Events of one KV watcher: the snapshot diffed against ``view``, a
-        ``synced`` marker, then changes. Ends when the watcher is stopped or the
-        connection reconnected (the caller then resyncs)."""
-        reconnects = _reconnects(client)
-        initial: dict[str, InstanceRecord] | None = {}
+        """Changes after a snapshot taken at stream ``sequence`` (``revisions``:
+        the revision each key had in it). A message no newer than what the
+        snapshot saw of its key is skipped. Ends when the registry closes or
+        the connection reconnected since the subscription (``reconnects``:
+        the count then), as the subscription may have lost messages; the
+        caller then resyncs."""
+        prefix = f"$KV.{self.bucket}."
         while True:
             try:
-                with _unavailable_on_transport_errors():
-                    entry = await watcher.updates(timeout=_RECONNECT_CHECK)  # type: ignore[no-untyped-call]
-            except RegistryUnavailable:  # no update within the check interval
-                if _reconnects(client) != reconnects:
+                msg = await asyncio.wait_for(updates.queue.get(), _RECONNECT_CHECK)
+            except TimeoutError:  # nothing within the check interval
+                if self._closed or _reconnects(client) != reconnects:
                     return
                 continue
-            if isinstance(entry, StopIterSentinel):
+            if msg is None:
                 return
-            if entry is None:
-                if initial is not None:
-                    for event in view.replace_all(initial.values()):
-                        yield event
-                    initial = None
-                    yield RegistryEvent(kind="synced")
-                continue
-            record = self._record_of(entry)
-            if initial is not None:
-                if record is None:
-                    initial.pop(entry.key, None)
-                else:
-                    initial[entry.key] = record
-                continue
-            change = view.remove(entry.key) if record is None else view.upsert(record)
+            key = msg.subject[len(prefix) :]
+            revision = int(msg.metadata.sequence.stream)
+            if revision <= revisions.get(key, sequence):
+                continue  # the snapshot already reflects it
+            revisions[key] = revision
+            record = self._record_of(key, msg)
+            change = view.remove(key) if record is None else view.upsert(record)
             if change is not None:
                 yield change
 
     # -- helpers ----------------------------------------------------------------
 
-    def _record_of(self, entry: KeyValue.Entry) -> InstanceRecord | None:
-        """The live record of a watched entry, or None for deletions and markers."""
-        if entry.operation in _DELETE_OPS:
+    def _record_of(self, key: str, msg: Msg) -> InstanceRecord | None:
+        """The live record a watched message carries, or None for deletions and markers."""
+        headers = msg.headers or {}
+        if headers.get(_OP_HEADER) in _DELETE_OPS or _MARKER_HEADER in headers:
             return None
-        return self._decode(entry.key, entry.value)
+        return self._decode(key, msg.data)
 
     def _decode(self, key: str, value: bytes | None) -> InstanceRecord | None:
         if not value:  # deletion or server-placed marker
@@ -378,19 +480,14 @@ class NatsRegistry(Registry):
             return None
         return record if record.instance_id == key else None
 
-    @staticmethod
-    async def _stop(watcher: KeyValue.KeyWatcher) -> None:
-        with contextlib.suppress(Exception):
-            await cast(Any, watcher).stop()
-
     async def close(self) -> None:
         """See :meth:`Registry.close`. Closes the NATS connection if this registry
         opened it."""
         if self._closed:
             return
         self._closed = True
-        for watcher in builtins.list(self._watchers):
-            await self._stop(watcher)
+        for updates in builtins.list(self._watches):
+            await updates.stop()
         client, self._client = self._client, None
         self._js = self._kv = None
         if client is not None and self._owns_client:

@@ -8,6 +8,10 @@ commits) and rescan only when it changed or an entry's lease ended. Writes by
 the same registry object wake its watchers at once.
 
 SQLite calls run in one worker thread per registry, never on the event loop.
+Every SQLite or file-system error (``database is locked`` past the busy
+timeout, a folder that cannot be created, a corrupt file) is raised as
+:class:`~tether.registry.errors.RegistryUnavailable`, with SQLite's own
+exception as the cause, so callers handle one kind of transient failure.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -26,13 +31,17 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from pydantic import ValidationError
+
 from tether.sqlite_wal import enable_wal
 
 from .base import Registry, WatchView, filter_records, resolve_lease, with_heartbeat
-from .errors import InstanceNotRegistered, RegistryClosed
+from .errors import InstanceNotRegistered, RegistryClosed, RegistryUnavailable
 from .model import HealthStatus, InstanceRecord, RegistryEvent
 
 __all__ = ["SqliteRegistry"]
+
+logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -84,7 +93,8 @@ class SqliteRegistry(Registry):
         poll_interval: seconds between a watcher's checks for changes made by
             other processes (default 0.2).
         busy_timeout: seconds to wait for another process's write lock before
-            ``sqlite3.OperationalError`` is raised (default 5).
+            :class:`~tether.registry.errors.RegistryUnavailable` is raised
+            (default 5).
         clock: current time in seconds since the epoch (default ``time.time``);
             every process sharing the file must use the same clock.
     """
@@ -99,6 +109,8 @@ class SqliteRegistry(Registry):
     ) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be > 0 seconds")
+        if busy_timeout < 0:
+            raise ValueError("busy_timeout must be >= 0 seconds")
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._busy_timeout = busy_timeout
@@ -117,7 +129,10 @@ class SqliteRegistry(Registry):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="tether-registry-sqlite")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(fn, *args))
+        try:
+            return await loop.run_in_executor(self._executor, partial(fn, *args))
+        except (sqlite3.Error, OSError) as exc:
+            raise RegistryUnavailable(f"SQLite registry {self.path}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +149,11 @@ class SqliteRegistry(Registry):
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = self._connect()
-            conn.executescript(_SCHEMA)
+            try:
+                conn.executescript(_SCHEMA)
+            except BaseException:
+                conn.close()  # a locked file: the next operation connects afresh
+                raise
             self._conn = conn
         return self._conn
 
@@ -160,8 +179,14 @@ class SqliteRegistry(Registry):
             )
 
     async def register(self, record: InstanceRecord, lease_seconds: float | None = None) -> None:
-        """See :meth:`Registry.register`. May raise ``sqlite3.OperationalError``
-        when the file stays locked longer than ``busy_timeout``."""
+        """See :meth:`Registry.register`.
+
+        Raises:
+            ValueError: a lease that is not a finite number > 0.
+            RegistryUnavailable: the file stayed locked longer than
+                ``busy_timeout``, or cannot be opened or written.
+            RegistryClosed: after :meth:`close`.
+        """
         lease = resolve_lease(record, lease_seconds)
         await self._run(self._register_sync, record, lease)
         self._wake_watchers()
@@ -214,7 +239,15 @@ class SqliteRegistry(Registry):
         health: HealthStatus | None = None,
         service_health: Mapping[str, HealthStatus] | None = None,
     ) -> None:
-        """See :meth:`Registry.heartbeat`. Raises :class:`InstanceNotRegistered`."""
+        """See :meth:`Registry.heartbeat`.
+
+        Raises:
+            InstanceNotRegistered: the entry is gone (its lease ended, or it
+                was deregistered or never registered).
+            RegistryUnavailable: the file stayed locked longer than
+                ``busy_timeout``, or cannot be opened or written.
+            RegistryClosed: after :meth:`close`.
+        """
         changed = await self._run(self._heartbeat_sync, instance_id, health, service_health)
         if changed:
             self._wake_watchers()
@@ -223,22 +256,46 @@ class SqliteRegistry(Registry):
         self._db().execute("DELETE FROM tether_registry WHERE instance_id = ?", (instance_id,))
 
     async def deregister(self, instance_id: str) -> None:
-        """See :meth:`Registry.deregister`."""
+        """See :meth:`Registry.deregister`.
+
+        Raises:
+            RegistryUnavailable: the file stayed locked longer than
+                ``busy_timeout``, or cannot be opened or written.
+            RegistryClosed: after :meth:`close`.
+        """
         await self._run(self._deregister_sync, instance_id)
         self._wake_watchers()
 
     def _list_sync(self) -> builtins.list[InstanceRecord]:
         rows = (
             self._db()
-            .execute("SELECT record FROM tether_registry WHERE expires_at > ?", (self._clock(),))
+            .execute(
+                "SELECT instance_id, record FROM tether_registry WHERE expires_at > ?",
+                (self._clock(),),
+            )
             .fetchall()
         )
-        return [InstanceRecord.model_validate_json(row[0]) for row in rows]
+        decoded = (self._decode(instance_id, text) for instance_id, text in rows)
+        return [record for record in decoded if record is not None]
+
+    def _decode(self, instance_id: str, text: str) -> InstanceRecord | None:
+        """The row's record; None (and a warning) for a row no Tether wrote."""
+        try:
+            return InstanceRecord.model_validate_json(text)
+        except ValidationError:
+            logger.warning("ignoring malformed registry entry %r in %s", instance_id, self.path)
+            return None
 
     async def list(
         self, service: str | None = None, *, include_unhealthy: bool = True
     ) -> builtins.list[InstanceRecord]:
-        """See :meth:`Registry.list`."""
+        """See :meth:`Registry.list`. Malformed rows are skipped with a warning.
+
+        Raises:
+            RegistryUnavailable: the file cannot be opened or read (a lock held
+                while the schema is first created, a corrupt file).
+            RegistryClosed: after :meth:`close`.
+        """
         return filter_records(await self._run(self._list_sync), service, include_unhealthy)
 
     # -- watch ----------------------------------------------------------------
@@ -268,7 +325,9 @@ class SqliteRegistry(Registry):
                 f" WHERE instance_id IN ({marks})",
                 chunk,
             ):
-                fresh[instance_id] = (revision, InstanceRecord.model_validate_json(text))
+                record = self._decode(instance_id, text)
+                if record is not None:
+                    fresh[instance_id] = (revision, record)
         scan.records = {
             row[0]: fresh.get(row[0]) or known[row[0]]
             for row in rows
@@ -281,7 +340,13 @@ class SqliteRegistry(Registry):
     async def watch(self, service: str | None = None) -> AsyncGenerator[RegistryEvent, None]:
         """See :meth:`Registry.watch`. Changes by other processes are seen within
         about ``poll_interval`` seconds, expiries within ``poll_interval`` of the
-        lease end."""
+        lease end.
+
+        Raises:
+            RegistryUnavailable: the file cannot be read (when the watch starts
+                or later); the watch then ends and may be started again.
+            RegistryClosed: the registry was closed before the watch started.
+        """
         view = WatchView(service)
         scan = _WatchScan()
         wakeup = asyncio.Event()
@@ -313,11 +378,12 @@ class SqliteRegistry(Registry):
     def _close_sync(self) -> None:
         for conn in (self._conn, self._watch_conn):
             if conn is not None:
-                conn.close()
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
         self._conn = self._watch_conn = None
 
     async def close(self) -> None:
-        """See :meth:`Registry.close`."""
+        """See :meth:`Registry.close`. Never raises."""
         if self._closed:
             return
         self._closed = True

@@ -1,9 +1,20 @@
-"""Readiness checks: named, sync or async, each with a timeout and a cache."""
+"""Readiness checks: named, sync or async, each with a timeout and a cache.
+
+A sync check runs in a daemon thread of its own, never in the App's thread
+pool: a check that hangs cannot starve the service's method calls, nor keep
+the process from exiting. A thread cannot be stopped, so a sync check past
+its timeout counts as failed and is left to finish; until it does, that
+check is not started again and every run reports it as failed ("still
+running"), so a hung check costs one thread, not one per run. An async
+check past its timeout is cancelled.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -21,9 +32,11 @@ class HealthCheck:
         name: shown in ``/readyz``.
         function: sync or async callable with no arguments; it passes when it
             returns anything but ``False`` and raises nothing.
-        timeout: seconds; a slower check counts as failed and is cancelled
-            (a sync check's thread cannot be stopped and is abandoned).
-        cache: seconds a result is reused before the check runs again.
+        timeout: seconds; a slower check counts as failed. An async check is
+            then cancelled; a sync one is left to finish in its thread and is
+            not started again until it has.
+        cache: seconds a result is reused before the check runs again (0: run
+            every time).
         services: the services that depend on it (None: every service); a
             failing check makes only these unhealthy in the registry.
     """
@@ -34,9 +47,15 @@ class HealthCheck:
     cache: float = 0.0
     services: tuple[str, ...] | None = None
     _last: tuple[float, dict[str, Any]] | None = field(default=None, repr=False)
+    # The sync check's run in progress (thread-safe future) and when it started.
+    _running: tuple[float, concurrent.futures.Future[Any]] | None = field(default=None, repr=False)
 
-    async def run(self, executor: Executor) -> dict[str, Any]:
+    async def run(self, executor: Executor | None = None) -> dict[str, Any]:
         """Run the check (or reuse a cached result).
+
+        Args:
+            executor: ignored; sync checks run in threads of their own (kept
+                for callers that pass the App's executor).
 
         Returns:
             ``{"status": "passing"|"failing", "duration_ms": float, "error": str|None}``.
@@ -49,14 +68,13 @@ class HealthCheck:
             if inspect.iscoroutinefunction(self.function):
                 outcome = await asyncio.wait_for(self.function(), self.timeout)
             else:
-                loop = asyncio.get_running_loop()
-                outcome = await asyncio.wait_for(
-                    loop.run_in_executor(executor, self.function), self.timeout
-                )
+                outcome = await self._run_sync(now)
             if outcome is False:
                 error = "the check returned False"
         except TimeoutError:
             error = f"timed out after {self.timeout} s"
+        except _StillRunning as exc:
+            error = str(exc)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         result: dict[str, Any] = {
@@ -67,14 +85,73 @@ class HealthCheck:
         self._last = (time.monotonic(), result)
         return result
 
+    async def _run_sync(self, now: float) -> Any:
+        """The sync check's outcome, within what is left of its timeout.
 
-async def run_checks(checks: list[HealthCheck], executor: Executor) -> tuple[bool, dict[str, Any]]:
+        Joins a run already in progress that is still within its timeout
+        (concurrent ``/readyz`` requests); raises :class:`_StillRunning` while
+        a run that is past its timeout has not finished.
+        """
+        running = self._running
+        if running is not None and not running[1].done():
+            started, future = running
+            left = self.timeout - (now - started)
+            if left <= 0:
+                raise _StillRunning(
+                    f"timed out: the run started {now - started:.1f} s ago "
+                    f"has not finished (timeout {self.timeout} s)"
+                )
+        else:
+            future = concurrent.futures.Future()
+            self._running = (now, future)
+            # A daemon thread: a check that hangs must not keep the process from exiting.
+            threading.Thread(
+                target=_run_into,
+                args=(self.function, future),
+                name=f"tether-check-{self.name}",
+                daemon=True,
+            ).start()
+            left = self.timeout
+        outcome = asyncio.wrap_future(future)
+        outcome.add_done_callback(_retrieve)  # a run that ends after its timeout: no warning
+        # shield: a timeout here must not cancel the future other runs share.
+        return await asyncio.wait_for(asyncio.shield(outcome), left)
+
+
+class _StillRunning(Exception):
+    """A sync check's earlier run is past its timeout and has not finished."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _run_into(function: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
+    """Run ``function`` in this (daemon) thread and put its outcome into ``future``."""
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = function()
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+async def run_checks(
+    checks: list[HealthCheck], executor: Executor | None = None
+) -> tuple[bool, dict[str, Any]]:
     """Run every check concurrently.
+
+    Args:
+        checks: the checks.
+        executor: ignored (sync checks run in threads of their own).
 
     Returns:
         ``(ready, {name: result})``: ready when every check passes.
     """
-    results = await asyncio.gather(*(c.run(executor) for c in checks))
+    results = await asyncio.gather(*(c.run() for c in checks))
     by_name = {c.name: r for c, r in zip(checks, results, strict=True)}
     return all(r["status"] == "passing" for r in results), by_name
 

@@ -129,22 +129,55 @@ def load_app(target: str) -> App:
 def prepare(app: App, options: LaunchOptions) -> App:
     """Hook the relay and the registration that ``options`` ask for to ``app``.
 
-    Start-up hooks run in order: the relay connects before the instance
-    registers, so clients find it only once it can answer; at shutdown the
-    instance deregisters after the calls in flight were drained.
+    Start-up: the relay (if any) connects first. The instance registers once
+    it can answer: through the relay alone, right after the relay connected;
+    with HTTP, once its own port answers ``GET /healthz`` (uvicorn runs the
+    start-up hooks before it binds the port), checked in the background so
+    that start-up goes on. A registry that cannot be reached fails start-up.
+    With ``port`` 0 the port is not known in advance, and the instance
+    registers during start-up.
+
+    Shutdown (SIGTERM, SIGINT): uvicorn stops taking connections and drains
+    the HTTP calls in flight before it runs the shutdown hooks; the relay's
+    hook then drains the relayed calls; only after both does the instance
+    deregister. Until then its lease is renewed, so clients keep it while it
+    still answers (a new connection is refused once uvicorn stopped
+    listening, which clients treat as a failure before sending and retry
+    elsewhere).
 
     Raises:
         ValueError: a registry is named but no address can be advertised.
     """
+    agent = None
+    if options.registry is not None:
+        from tether.registry.agent import RegistrationAgent
+
+        ready = None
+        if options.port:
+            from tether.server.probe import wait_until_serving
+
+            host, port, tls = options.host, options.port, options.tls
+
+            async def serving() -> None:
+                await wait_until_serving(host, port, tls=tls)
+
+            ready = serving
+        agent = RegistrationAgent(
+            app,
+            options.registry,
+            advertised_address(options, app.instance_id),
+            lease_seconds=options.lease,
+            ready=ready,
+        )
+        # Shutdown hooks run in reverse order: added before the relay's, the
+        # deregistration runs after the relay drained.
+        app.on_shutdown(agent.stop)
     if options.relay is not None:
         from tether.server.relay import serve_relay
 
         serve_relay(app, options.relay)
-    if options.registry is not None:
-        from tether.registry.agent import register_app
-
-        address = advertised_address(options, app.instance_id)
-        register_app(app, options.registry, address, lease_seconds=options.lease)
+    if agent is not None:
+        app.on_startup(agent.start)  # after the relay connected
     return app
 
 

@@ -3,6 +3,9 @@
 aiohttp sustains about 24 times the concurrent call rate of
 ``httpx.AsyncClient`` (DESIGN.md, "Library choices"). The session is made
 lazily inside the running event loop, which the transport then belongs to.
+Opening a connection gets at most ``connect_timeout`` of a call's deadline,
+as in :mod:`tether.transports.http_sync`: a host that drops the packets is
+then :class:`~tether.errors.Unavailable` with ``sent`` False.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import aiohttp
 
 from tether.errors import DeadlineExceeded, Unavailable
 from tether.transports.base import RawResponse, retry_after_seconds
+from tether.transports.http_sync import DEFAULT_CONNECT_TIMEOUT
 
 
 class AsyncHTTPTransport:
@@ -24,13 +28,29 @@ class AsyncHTTPTransport:
         url: ``http://host:port[/prefix]`` or ``https://...``.
         ssl_context: for ``https``; default the system's trust store.
         max_connections: connections open at once to this URL.
+        connect_timeout: seconds a new connection may take, TCP and TLS
+            handshakes included (default 2; never more than the call's
+            deadline); slower is ``Unavailable`` with ``sent`` False.
+
+    Raises:
+        ValueError: not an http(s) URL, or ``connect_timeout`` is not > 0.
     """
 
     def __init__(
-        self, url: str, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 100
+        self,
+        url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 100,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an http(s) URL: {url!r}")
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
+        self.connect_timeout = connect_timeout
+        # The whole call is bounded by asyncio.timeout; aiohttp bounds the connect.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self.url = url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._limit = max_connections
@@ -44,7 +64,7 @@ class AsyncHTTPTransport:
         loop = asyncio.get_running_loop()
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError(
@@ -73,19 +93,27 @@ class AsyncHTTPTransport:
         answer's ``retry_after`` holds the seconds of a ``Retry-After`` header.
 
         Raises:
-            Unavailable: connection refused, reset or closed mid-call.
+            Unavailable: connection refused, not made within
+                ``connect_timeout`` (both with ``details["sent"]`` False), or
+                reset or closed mid-call.
             DeadlineExceeded: no complete answer within ``timeout`` seconds.
         """
         session = self._get_session()
         url = self.url + path
         fields = dict(headers)
+        # The session's connect timeout, or a shorter one when less time is left.
+        limits = (
+            self._timeout
+            if timeout >= self.connect_timeout
+            else aiohttp.ClientTimeout(total=None, sock_connect=max(timeout, 0.001))
+        )
         try:
             async with asyncio.timeout(timeout):
                 retry = idempotent
                 while True:
                     try:
                         async with session.request(
-                            verb, url, data=body, headers=fields
+                            verb, url, data=body, headers=fields, timeout=limits
                         ) as response:
                             data = await response.read()
                             get = response.headers.get
@@ -102,6 +130,12 @@ class AsyncHTTPTransport:
                         if not retry:
                             raise
                         retry = False  # once, on a new connection
+        except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: caught first
+            raise Unavailable(
+                f"cannot connect to {self.url}: no connection within "
+                f"{min(timeout, self.connect_timeout):.3f} s",
+                {"sent": False, "connect_timeout": True},
+            ) from None
         except TimeoutError:
             raise DeadlineExceeded(f"no answer from {self.url} within {timeout:.3f} s") from None
         except aiohttp.ClientConnectorError as exc:

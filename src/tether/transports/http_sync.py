@@ -11,7 +11,11 @@ It speaks enough HTTP/1.1 for any server: ``content-length`` and chunked
 responses, bodies read to EOF, ``connection: close``, HTTP/1.0 answers and
 interim 1xx responses. A pooled connection is checked for a close by the
 server (a zero-timeout poll) before it is reused, and ``timeout`` bounds the
-whole exchange, not each socket operation.
+whole exchange, not each socket operation. Opening a connection (TCP and TLS
+handshakes) gets at most ``connect_timeout`` of it: a host that drops the
+packets is then :class:`~tether.errors.Unavailable` with ``sent`` False, a
+failure before sending that a caller may retry elsewhere, not a deadline
+spent on one dead address.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from urllib.parse import quote, urlsplit
 
 from tether.errors import DeadlineExceeded, Unavailable
 from tether.transports.base import RawResponse, retry_after_seconds
+
+DEFAULT_CONNECT_TIMEOUT = 2.0
+"""Seconds a new connection may take (TCP and TLS handshakes) by default."""
 
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 _MAX_HEADERS = 100
@@ -72,6 +79,12 @@ class SyncHTTPTransport:
         max_idle: idle connections kept for reuse (one per concurrent thread
             is enough).
         idle_timeout: seconds after which an idle connection is not reused.
+        connect_timeout: seconds a new connection may take, TCP and TLS
+            handshakes included (default 2; never more than the call's
+            deadline); slower is ``Unavailable`` with ``sent`` False.
+
+    Raises:
+        ValueError: not an http(s) URL, or ``connect_timeout`` is not > 0.
     """
 
     def __init__(
@@ -81,10 +94,14 @@ class SyncHTTPTransport:
         ssl_context: ssl.SSLContext | None = None,
         max_idle: int = 16,
         idle_timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
+        self.connect_timeout = connect_timeout
         self.url = url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -119,16 +136,35 @@ class SyncHTTPTransport:
                 return conn
             conn.close()
 
-    def _connect(self, timeout: float) -> _Connection:
-        sock = socket.create_connection((self._host, self._port), timeout)
+    def _connect(self, remaining: float) -> _Connection:
+        """A new connection within ``connect_timeout`` (and ``remaining`` seconds).
+
+        Raises:
+            Unavailable: it took too long (``sent`` False).
+            OSError: refused, unreachable, or the TLS handshake failed.
+        """
+        timeout = min(remaining, self.connect_timeout)
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout)
+        except TimeoutError:
+            raise self._connect_timed_out(timeout) from None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
+        except TimeoutError:
+            sock.close()
+            raise self._connect_timed_out(timeout) from None
         except BaseException:
             sock.close()
             raise
         return _Connection(sock)
+
+    def _connect_timed_out(self, timeout: float) -> Unavailable:
+        return Unavailable(
+            f"cannot connect to {self.url}: no connection within {timeout:.3f} s",
+            {"sent": False, "connect_timeout": True},
+        )
 
     def _checkin(self, conn: _Connection) -> None:
         conn.since = time.monotonic()
@@ -174,7 +210,9 @@ class SyncHTTPTransport:
         once more on a new connection when it is idempotent.
 
         Raises:
-            Unavailable: connection refused, reset or closed mid-call.
+            Unavailable: connection refused, not made within
+                ``connect_timeout`` (both with ``details["sent"]`` False), or
+                reset or closed mid-call.
             DeadlineExceeded: no complete answer within ``timeout`` seconds.
             ValueError: a header name or value that cannot go on the wire.
         """
