@@ -84,11 +84,17 @@ def echo(parameters: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+#: The job types ``make_app`` registers.
+JOB_TYPES = {"work", "nap", "work_timed", "raw.echo"}
+
+
 def make_app(job_store: str | None = None) -> tether.App:
-    """The test App with its three job types, on ``job_store`` (default: the settings')."""
+    """The test App with its job types, on ``job_store`` (default: the settings')."""
     app = tether.App(title="Jobs test", job_store=job_store)
     app.job("work", max_attempts=3, backoff=0.2)(work)
     app.job("nap", timeout=0.5, max_attempts=1)(nap)
+    # A sync handler with a timeout: one that ignores it runs on past it.
+    app.job("work_timed", timeout=0.5, max_attempts=2, backoff=0.0)(work)
     app.register_job_type(
         "raw.echo",
         parameters_schema={

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,22 +21,33 @@ APP = "tests.apps.jobs:app"
 
 
 class WorkerProcess:
-    """``tether worker tests.apps.jobs:app`` in a child process, its log in ``log``."""
+    """``tether worker APP`` (default tests.apps.jobs:app) in a child process, its log in
+    ``log``; ``env`` replaces this process's environment as the base of the child's."""
 
-    def __init__(self, store_url: str, queue: str, log: Path, *args: str) -> None:
+    def __init__(
+        self,
+        store_url: str | None,
+        queue: str,
+        log: Path,
+        *args: str,
+        app: str = APP,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.command = [
             sys.executable,
             "-m",
             "tether.cli",
             "worker",
-            APP,
+            app,
             "--queue",
             queue,
             "--log-level",
             "info",
             *args,
         ]
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), "TETHER_JOB_STORE_URL": store_url}
+        self.env = {**(os.environ if env is None else env), "PYTHONPATH": str(ROOT)}
+        if store_url is not None:
+            self.env["TETHER_JOB_STORE_URL"] = store_url
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -72,14 +84,25 @@ class WorkerProcess:
             self.process.wait(10)
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 30.0) -> tuple[int, Any]:
+def http(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 30.0,
+    *,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+) -> tuple[int, Any]:
     """One JSON request with urllib: ``(status, decoded body or None)``."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
-        url, data=data, method=method, headers={"content-type": "application/json"}
+        url,
+        data=data,
+        method=method,
+        headers={"content-type": "application/json", **(headers or {})},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -113,6 +136,37 @@ def submit(server: ServerProcess, type: str, parameters: dict[str, Any], **extra
     )
     assert status == 201, job
     return str(job["id"])
+
+
+class HTTPSServerProcess(ServerProcess):
+    """``tether serve TARGET --tls-cert ... --tls-key ...``, checked over HTTPS with ``ca``."""
+
+    def __init__(
+        self, target: str, ca: Path, cert: Path, key: Path, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(target, args=["--tls-cert", str(cert), "--tls-key", str(key)], env=env)
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.context = ssl.create_default_context(cafile=str(ca))
+
+    def start(self, timeout: float = 20.0) -> HTTPSServerProcess:
+        """Start and wait until ``/healthz`` answers over HTTPS."""
+        command = [sys.executable, "-m", "tether.cli", "serve", self.target]
+        command += ["--port", str(self.port), "--log-level", "warning", *self.args]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        wait_for(lambda: self._healthy() or self.process.poll() is not None, timeout, str(self))
+        if self.process.poll() is not None:
+            out = self.process.stdout.read().decode() if self.process.stdout else ""
+            raise RuntimeError(f"{self} exited with {self.process.returncode}:\n{out}")
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            status, _ = http("GET", self.url + "/healthz", timeout=1, context=self.context)
+        except OSError:
+            return False
+        return status == 200
 
 
 SIGTERM = signal.SIGTERM

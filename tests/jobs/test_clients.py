@@ -5,23 +5,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 import tether
+from tests.apps.jobs import JOB_TYPES
 from tests.fixtures.servers import ROOT, ServerProcess
-from tests.jobs.helpers import WorkerProcess, http
-from tether.jobs import JobFailed, JobNotFinished, JobState, JobValidationError
+from tests.jobs.helpers import WorkerProcess, http, wait_for
+from tether.jobs import JobCancelled, JobFailed, JobNotFinished, JobState, JobValidationError
+from tether.jobs.client import default_async_jobs, default_jobs
+from tether.settings import Settings
 
 TETHER = [sys.executable, "-m", "tether.cli"]
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TETHER, *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``tether ARGS``; ``env``: more environment variables (none: TETHER_URL unset)."""
+    base = {k: v for k, v in os.environ.items() if k != "TETHER_URL"}
+    return subprocess.run(
+        [*TETHER, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**base, **(env or {})},
+    )
 
 
 def test_submit_from_the_cli_python_and_curl(
@@ -29,11 +44,11 @@ def test_submit_from_the_cli_python_and_curl(
 ) -> None:
     url = jobs_server.url
     start_worker("--concurrency", "2")
-    # The CLI, waiting with --wait: prints the validated result.
+    # The CLI, waiting with --wait: prints the validated result. The server comes from
+    # TETHER_URL (or --url, or a URL before the type, the older form).
     done = cli(
         "jobs",
         "submit",
-        url,
         "work",
         "--json",
         '{"seconds": 0.3}',
@@ -41,9 +56,16 @@ def test_submit_from_the_cli_python_and_curl(
         "--queue",
         queue,
         "--wait",
+        env={"TETHER_URL": url},
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"slept": 0.2, "attempt": 1}
+    for form in (["-u", url, "work"], ["--url", url, "work"], [url, "work"]):
+        made = cli("jobs", "submit", *form, "seconds:=0.1", "--queue", queue, "--wait")
+        assert made.returncode == 0, (form, made.stderr)
+        assert json.loads(made.stdout) == {"slept": 0.1, "attempt": 1}
+    missing = cli("jobs", "submit", "work", "--queue", queue)
+    assert missing.returncode == 2 and "TETHER_URL" in missing.stderr
     # Python.
     with tether.Client(timeout=10) as client:
         jobs = client.connect(url).jobs
@@ -96,22 +118,70 @@ def test_the_other_cli_commands(
     jobs_server: ServerProcess, queue: str, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     url = jobs_server.url
-    refused = cli("jobs", "submit", url, "work", "seconds=soon", "--queue", queue)
+    env = {"TETHER_URL": url}
+    refused = cli("jobs", "submit", "work", "seconds=soon", "--queue", queue, env=env)
     assert refused.returncode == 1 and "invalid_argument" in refused.stderr
     with tether.Client(timeout=10) as client:
         jobs = client.connect(url).jobs
         done = jobs.submit("raw.echo", {"reply": {"answer": 5}}, queue=queue)
         later = jobs.submit("raw.echo", {"reply": {"answer": 6}}, queue=queue, delay=60)
     start_worker()
-    waited = cli("jobs", "wait", url, done.id, "--timeout", "30")
+    waited = cli("jobs", "wait", done.id, "--timeout", "30", env=env)
     assert waited.returncode == 0 and json.loads(waited.stdout) == {"answer": 5}
-    got = cli("jobs", "get", url, done.id)
-    assert got.returncode == 0 and json.loads(got.stdout)["state"] == "succeeded"
-    listed = cli("jobs", "list", url, "--type", "raw.echo", "--state", "queued")
+    for form in ([done.id], [url, done.id], ["-u", url, done.id]):
+        got = cli("jobs", "get", *form, env=env if len(form) == 1 else None)
+        assert got.returncode == 0, (form, got.stderr)
+        assert json.loads(got.stdout)["state"] == "succeeded"
+    listed = cli("jobs", "list", "--type", "raw.echo", "--state", "queued", env=env)
     assert listed.returncode == 0
     assert later.id in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
-    cancelled = cli("jobs", "cancel", url, later.id)
+    assert json.loads(cli("jobs", "list", url, "--type", "raw.echo").stdout)["jobs"]
+    assert {t["name"] for t in json.loads(cli("jobs", "types", "-u", url).stdout)} == JOB_TYPES
+    cancelled = cli("jobs", "cancel", later.id, env=env)
     assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["state"] == "cancelled"
+    again = cli("jobs", "cancel", "-u", url, later.id)
+    assert again.returncode == 1 and "failed_precondition" in again.stderr
+    other = cli("jobs", "get", "-u", "http://127.0.0.1:1", url, done.id)
+    assert other.returncode == 2 and "two servers" in other.stderr
+
+
+@pytest.mark.parametrize("jobs_store_url", ["sqlite"], indirect=True)
+def test_jobs_wait_shows_a_progress_bar_on_a_terminal(
+    jobs_server: ServerProcess, queue: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    url = jobs_server.url
+    start_worker()
+    with tether.Client(timeout=10) as client:
+        jobs = client.connect(url).jobs
+        handle = jobs.submit("work", {"seconds": 4}, queue=queue)
+        wait_for(lambda: handle.progress, 30, "progress")
+    # stderr on a pseudo-terminal (where the bar goes), stdout on a pipe (the result).
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "TETHER_URL": url}
+    process = subprocess.Popen(
+        [*TETHER, "jobs", "wait", handle.id, "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=ROOT,
+        env=env,
+    )
+    os.close(follower)
+    shown = bytearray()
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait(60) == 0
+    os.close(leader)
+    assert process.stdout is not None
+    assert json.loads(process.stdout.read()) == {"slept": 4, "attempt": 1}
+    text = shown.decode(errors="replace")
+    assert f"work {handle.id[-6:]}" in text and "running" in text, text
+    assert "%" in text  # the bar's percentage
 
 
 def test_the_async_client(
@@ -127,8 +197,42 @@ def test_the_async_client(
             assert job.state is JobState.SUCCEEDED
             assert await handle.result() == {"answer": 3}
             assert await handle.status() is JobState.SUCCEEDED
-            assert [j.id async for j in jobs.iter(queue=queue)] == [handle.id]
+            assert await handle.progress_message() is None  # raw.echo reports none
+            later = await jobs.submit("raw.echo", {"reply": {}}, queue=queue, delay=60)
+            job = await later.cancel()
+            assert job.state is JobState.CANCELLED and await later.status() is JobState.CANCELLED
+            with pytest.raises(JobCancelled):
+                await later.result()
+            assert [j.id async for j in jobs.iter(queue=queue)] == [later.id, handle.id]
             assert await jobs.validate("raw.echo", {"reply": 1}) != []
-            assert {t["name"] for t in await jobs.types()} == {"work", "nap", "raw.echo"}
+            assert {t["name"] for t in await jobs.types()} == JOB_TYPES
+
+    asyncio.run(main())
+
+
+def test_client_jobs_is_the_default_servers(
+    jobs_server: ServerProcess, queue: str, tmp_path: Path
+) -> None:
+    """What ``client.jobs`` returns: the jobs API of ``settings.url`` (TETHER_URL)."""
+    settings = Settings(url=jobs_server.url, credentials_path=tmp_path / "credentials.json")
+    with tether.Client(timeout=10, settings=settings) as client:
+        jobs = default_jobs(client)
+        assert default_jobs(client) is jobs  # one per client
+        handle = jobs.submit("raw.echo", {"reply": {"answer": 2}}, queue=queue)
+        assert jobs.fetch(handle.id).state is JobState.QUEUED
+        with pytest.raises(tether.DeadlineExceeded, match=r"still queued after 0\.2 s"):
+            handle.wait(0.2)
+    with tether.Client(settings=Settings(url=None)) as client:
+        with pytest.raises(ValueError, match="TETHER_URL"):
+            default_jobs(client)
+
+    async def main() -> None:
+        async with tether.AsyncClient(timeout=10, settings=settings) as client:
+            jobs = default_async_jobs(client)
+            assert default_async_jobs(client) is jobs
+            assert (await jobs.fetch(handle.id)).id == handle.id
+        async with tether.AsyncClient(settings=Settings(url=None)) as client:
+            with pytest.raises(ValueError, match="TETHER_URL"):
+                default_async_jobs(client)
 
     asyncio.run(main())

@@ -3,10 +3,15 @@ App's store through an integrated client; on both stores."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Coroutine, Iterator
+from datetime import UTC, datetime
+from hashlib import sha256
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import pytest
@@ -14,8 +19,19 @@ from openapi_spec_validator import validate
 from pydantic import BaseModel
 
 import tether
-from tests.apps.jobs import make_app
-from tether.jobs import JobContext, JobFailed, JobState
+from tests.apps.jobs import JOB_TYPES, make_app
+from tether.jobs import (
+    Job,
+    JobContext,
+    JobFailed,
+    JobManager,
+    JobOptions,
+    JobState,
+    JobValidationError,
+)
+from tether.jobs.types import MAX_BACKOFF
+
+T = TypeVar("T")
 
 TERMINAL = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -48,7 +64,7 @@ def app_and_client(store: str) -> Iterator[tuple[tether.App, tether.Client]]:
 def test_descriptions_and_openapi_list_the_job_types() -> None:
     app = make_app("memory://")
     described = {t["name"]: t for t in app.describe()["job_types"]}
-    assert set(described) == {"work", "nap", "raw.echo"}
+    assert set(described) == JOB_TYPES
     assert described["nap"]["timeout"] == 0.5 and described["work"]["max_attempts"] == 3
     assert described["work"]["parameters"]["properties"]["seconds"]["type"] == "number"
     assert described["raw.echo"]["result"]["required"] == ["answer"]
@@ -187,3 +203,166 @@ async def _long_nap(parameters: Seconds) -> dict[str, float]:
 
     await asyncio.sleep(parameters.seconds)
     return {"slept": parameters.seconds}
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+async def _until_finished(manager: JobManager, job_id: str, timeout: float = 30.0) -> Job:
+    store = await manager.store()
+    deadline = time.monotonic() + timeout
+    job = await store.get(job_id)
+    while not job.terminal and time.monotonic() < deadline:
+        job = await store.wait_for_change(job_id, deadline - time.monotonic())
+    return job
+
+
+class RecordingContext(JobContext):
+    """A real JobContext that also keeps every progress report (to look at afterwards)."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(job, None)
+        self.reports: list[tuple[float | None, str | None]] = []
+
+    def progress(self, fraction: float | None = None, message: str | None = None) -> None:
+        super().progress(fraction, message)
+        self.reports.append((fraction, message))
+
+
+def test_the_example_checksum_job_hashes_real_files(tmp_path: Path) -> None:
+    from examples.inventory.app import app as inventory
+
+    first = tmp_path / "first.bin"
+    first.write_bytes(os.urandom(300_000))
+    second = tmp_path / "second.txt"
+    second.write_text("hello, tether\n" * 1000)
+    missing = tmp_path / "nowhere.txt"
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    manager = JobManager(inventory.jobs.types, url)
+    worker = tether.Worker(inventory, store=url, lease=5)
+    thread = running(worker)
+
+    async def main() -> tuple[Job, Job]:
+        try:
+            with pytest.raises(JobValidationError):  # at least one path
+                await manager.submit("checksum", {"paths": []})
+            good = await manager.submit(
+                "checksum", {"paths": [str(first), str(second)], "chunk_size": 4096}
+            )
+            bad = await manager.submit("checksum", {"paths": [str(second), str(missing)]})
+            return await _until_finished(manager, good.id), await _until_finished(manager, bad.id)
+        finally:
+            await manager.close()
+
+    try:
+        good, bad = _drive(main())
+    finally:
+        worker.stop()
+        thread.join(20)
+    assert good.state is JobState.SUCCEEDED, good
+    assert good.result == {
+        "files": [
+            {"path": str(p), "size": p.stat().st_size, "sha256": sha256(p.read_bytes()).hexdigest()}
+            for p in (first, second)
+        ],
+        "total_bytes": first.stat().st_size + second.stat().st_size,
+    }
+    # A missing file fails the job for good (a ServiceError: no retry), naming the path.
+    assert bad.state is JobState.FAILED and bad.attempts == 1 and bad.error is not None
+    assert bad.error["code"] == "not_found" and bad.error["details"] == {"paths": [str(missing)]}
+    # Progress: reported by bytes read, per file, reaching 1.
+    job_type = inventory.jobs.types.get("checksum")
+    assert job_type.handler is not None
+    ctx = RecordingContext(good)
+    job_type.handler(job_type.load_parameters(good.parameters), ctx)
+    fractions = [f for f, _ in ctx.reports]
+    assert len(ctx.reports) == len(range(0, 300_000, 4096)) + len(range(0, 14_000, 4096))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0 < fractions[0] < 0.02
+    assert {m for _, m in ctx.reports} == {f"hashing {first}", f"hashing {second}"}
+
+
+def _plain(parameters: Seconds) -> dict[str, float]:
+    return {"slept": parameters.seconds}
+
+
+def test_job_type_defaults_and_a_worker_taking_its_queues_from_its_types(
+    app_and_client: tuple[tether.App, tether.Client],
+) -> None:
+    app, client = app_and_client
+    app.job("special", queue="special-q", priority=7)(_plain)
+    jobs = client.integrated(app).jobs
+    default = jobs.submit("special", {"seconds": 0})
+    assert (default.job.queue, default.job.priority) == ("special-q", 7)
+    elsewhere = jobs.submit("special", {"seconds": 0}, queue="other-q", priority=-1)
+    assert (elsewhere.job.queue, elsewhere.job.priority) == ("other-q", -1)
+    assert tether.Worker(app).queues == ["default", "special-q"]  # all its types' queues
+    worker = tether.Worker(app, types=["special"], lease=3)
+    assert worker.queues == ["special-q"]
+    thread = running(worker)
+    try:
+        assert default.wait(20).state is JobState.SUCCEEDED
+        assert jobs.wait(elsewhere.id, 0.5).state is JobState.QUEUED  # not its queue
+    finally:
+        worker.stop()
+        thread.join(20)
+
+
+def test_retries_back_off_exponentially(store: str) -> None:
+    assert [JobOptions(backoff=2.0).retry_delay(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
+    assert JobOptions(backoff=2.0).retry_delay(40) == MAX_BACKOFF
+    assert JobOptions(backoff=0).retry_delay(3) == 0.0
+    app = tether.App(job_store=store)
+    app.job("flaky", backoff=0.5, max_attempts=3)(_plain)
+    manager = JobManager(app.jobs.types, store)
+    error = {"code": "flaky", "message": "again"}
+
+    async def main() -> list[tuple[float, float]]:
+        try:
+            db = await manager.store()
+            job = await manager.submit("flaky", {"seconds": 0})
+            delays = []
+            for _ in range(2):
+                await db.wait_for_work(["default"], 30)
+                [claim] = await db.claim(worker_id="w", queues=["default"], lease_seconds=5)
+                before = datetime.now(UTC)
+                failed = await manager.fail(job.id, claim.lease_token, error)
+                after = datetime.now(UTC)
+                assert failed.state is JobState.QUEUED
+                delays.append(
+                    (
+                        (failed.scheduled_at - after).total_seconds(),
+                        (failed.scheduled_at - before).total_seconds(),
+                    )
+                )
+            return delays
+        finally:
+            await manager.close()
+
+    (low1, high1), (low2, high2) = _drive(main())
+    assert low1 <= 0.5 <= high1 + 0.01  # after the first failed start: the backoff
+    assert low2 <= 1.0 <= high2 + 0.01  # after the second: twice as long
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_attempts": 2.5},
+        {"max_attempts": True},
+        {"max_attempts": 0},
+        {"priority": 1.5},
+        {"priority": "1"},
+        {"priority": 2**31},
+        {"backoff": -1},
+        {"backoff": float("nan")},
+        {"timeout": 0},
+        {"queue": ""},
+    ],
+)
+def test_job_options_are_checked_at_registration(options: dict[str, Any]) -> None:
+    app = tether.App(job_store="memory://")
+    with pytest.raises(ValueError):
+        app.job("checked", **options)(_plain)
+    assert "checked" not in app.jobs.types
+    with pytest.raises(ValueError):
+        JobOptions(scopes="jobs.submit")  # type: ignore[arg-type]

@@ -5,13 +5,13 @@ running job, SIGTERM loses nothing."""
 from __future__ import annotations
 
 import signal
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tests.fixtures.servers import ServerProcess
-from tests.jobs.helpers import WorkerProcess, http, job_state, submit, wait_for
+from tests.jobs.helpers import APP, WorkerProcess, http, job_state, submit, wait_for
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -85,15 +85,16 @@ def test_cancellation_reaches_a_running_job(
 ) -> None:
     job_id = submit(jobs_server, "work", {"seconds": 60, "marker": str(marker)}, queue=queue)
     nap_id = submit(jobs_server, "nap", {"seconds": 0.3}, queue=queue)
-    start_worker("--lease", "1.5", "--concurrency", "2")
+    worker = start_worker("--lease", "1.5", "--concurrency", "2")
     wait_for(lambda: (marker / f"{job_id}.1.start").exists(), 20, "the run")
-    wait_for(lambda: job_state(jobs_server, job_id)["progress"], 5, "progress")
-    started = time.monotonic()
+    wait_for(lambda: job_state(jobs_server, job_id)["progress"], 20, "progress")
     status, job = http("POST", f"{jobs_server.url}/jobs/{job_id}/cancel")
     assert status == 200 and job["state"] == "running" and job["cancel_requested"]
-    job = finished(jobs_server, job_id, 10)
+    job = finished(jobs_server, job_id, 30)
     assert job["state"] == "cancelled", job
-    assert time.monotonic() - started < 3.0  # the next heartbeat (lease / 3) told it
+    # The worker stopped the handler and said so (not the server, after a lost lease).
+    wait_for(lambda: f"job {job_id} cancelled" in worker.output(), 10, "the worker's word")
+    assert "lease lost" not in worker.output()
     assert not (marker / f"{job_id}.1.end").exists()
     assert finished(jobs_server, nap_id, 10)["state"] == "succeeded"
 
@@ -112,14 +113,13 @@ def test_sigterm_finishes_or_hands_back_the_jobs_in_flight(
     ]
     for job_id in [short, *long]:
         wait_for(lambda j=job_id: (marker / f"{j}.1.start").exists(), 20, "the runs")
-    stopped = time.monotonic()
     worker.signal(signal.SIGTERM)
-    assert worker.wait(15) == 0, worker.output()
-    assert time.monotonic() - stopped < 6.0
+    assert worker.wait(30) == 0, worker.output()
     assert job_state(jobs_server, short)["state"] == "succeeded"  # finished within the grace
-    for job_id in long:  # handed back: queued again, the attempt not counted
+    for job_id in long:  # handed back: queued again, the attempt not counted (not cancelled)
         job = job_state(jobs_server, job_id)
         assert job["state"] == "queued" and job["attempts"] == 0, job
+        assert not job["cancel_requested"]
         assert not (marker / f"{job_id}.1.end").exists()
     assert "handed back at shutdown" in worker.output()
     start_worker("--concurrency", "2")
@@ -143,3 +143,126 @@ def test_a_result_that_breaks_the_schema_fails_the_job_with_processing_error(
         assert job["attempts"] == 1  # no retry for a broken result
         assert job["error"]["code"] == "processing_error"
         assert job["error"]["details"][0]["loc"] == loc
+
+
+def test_a_sync_handler_past_its_timeout_keeps_its_lease_until_it_returns(
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Python cannot stop a thread: the attempt is failed only once the handler returns,
+    so the retry never runs beside it (here a second slot is free for it)."""
+    job_id = submit(
+        jobs_server,
+        "work_timed",  # timeout 0.5 s, 2 attempts, no backoff
+        {"seconds": 1.5, "ignore_cancel": True, "marker": str(marker)},
+        queue=queue,
+    )
+    start_worker("--concurrency", "2", "--lease", "3")
+    job = finished(jobs_server, job_id, 60)
+    assert job["state"] == "failed" and job["attempts"] == 2, job
+    assert job["error"]["code"] == "deadline_exceeded"
+    assert job["error"]["details"] == {"timeout": 0.5, "attempt": 2}
+    assert not list(marker.glob("*.OVERLAP"))
+    first_end = (marker / f"{job_id}.1.end").stat().st_mtime_ns
+    assert first_end <= (marker / f"{job_id}.2.start").stat().st_mtime_ns
+
+
+def test_sigterm_waits_for_a_sync_handler_that_ignores_it_and_a_third_signal_gives_up(
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    # A handler that finishes after the grace: the worker kept its lease, so it completes.
+    slow = {"seconds": 2, "ignore_cancel": True, "marker": str(marker)}
+    finishing = submit(jobs_server, "work", slow, queue=queue)
+    worker = start_worker("--lease", "3", "--grace", "0.2").started()
+    wait_for(lambda: (marker / f"{finishing}.1.start").exists(), 20, "the run")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    job = job_state(jobs_server, finishing)
+    assert job["state"] == "succeeded" and job["attempts"] == 1, job
+    assert "asked to stop" in worker.output()
+    # One that runs on: a third signal exits without handing it back (its thread runs
+    # until the process ends); its lease expires and it runs again, once.
+    stubborn = submit(jobs_server, "work", {**slow, "seconds": 4}, queue=queue)
+    worker = start_worker("--lease", "1.5", "--grace", "0.2").started()
+    wait_for(lambda: (marker / f"{stubborn}.1.start").exists(), 20, "the run")
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "asked to stop" in worker.output(), 20, "the grace to end")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0, worker.output()
+    assert "left to its lease" in worker.output()
+    assert not (marker / f"{stubborn}.1.end").exists()
+    start_worker("--lease", "1.5")
+    job = finished(jobs_server, stubborn, 60)
+    assert job["state"] == "succeeded" and job["attempts"] == 2, job
+    assert not list(marker.glob("*.OVERLAP"))
+
+
+def test_sigterm_of_an_http_worker_loses_no_job_submitted_as_it_stops(
+    jobs_server: ServerProcess,
+    queue: str,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Jobs arriving while an HTTP worker's claim long poll is in flight at SIGTERM are
+    either done or handed back, never left leased to a worker that is gone."""
+    worker = start_worker("--url", jobs_server.url, "--concurrency", "4", "--lease", "60")
+    worker.started()
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def keep_submitting() -> None:
+        while not stop.is_set():
+            job_id = submit(
+                jobs_server, "raw.echo", {"reply": {"answer": 1}}, queue=queue, max_attempts=1
+            )
+            ids.append(job_id)
+            stop.wait(0.01)
+
+    submitter = threading.Thread(target=keep_submitting)
+    submitter.start()
+    try:
+        wait_for(lambda: len(ids) >= 5, 20, "some submissions")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        stop.set()
+        submitter.join(30)
+    for job_id in ids:
+        job = job_state(jobs_server, job_id)
+        assert (job["state"], job["attempts"]) in (("succeeded", 1), ("queued", 0)), job
+    start_worker("--url", jobs_server.url, "--concurrency", "4")
+    for job_id in ids:
+        assert finished(jobs_server, job_id, 60)["state"] == "succeeded"
+
+
+def test_an_http_worker_records_a_result_once_its_server_is_back(
+    jobs_store_url: str,
+    queue: str,
+    marker: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """The server goes down while a job runs: the worker retries the completion (within
+    the lease) until a server answers again."""
+    env = {"TETHER_JOB_STORE_URL": jobs_store_url}
+    first = ServerProcess(APP, env=env).start()
+    try:
+        job_id = submit(first, "work", {"seconds": 1.0, "marker": str(marker)}, queue=queue)
+        worker = start_worker("--url", first.url, "--lease", "30")
+        wait_for(lambda: (marker / f"{job_id}.1.start").exists(), 20, "the run")
+        first.stop()
+        wait_for(lambda: (marker / f"{job_id}.1.end").exists(), 20, "the handler's end")
+        wait_for(lambda: "recording its outcome failed" in worker.output(), 20, "a failed try")
+    finally:
+        first.stop()
+    second = ServerProcess(APP, port=first.port, env=env).start()
+    try:
+        job = finished(second, job_id, 60)
+        assert job["state"] == "succeeded" and job["attempts"] == 1, job
+        assert job["result"] == {"slept": 1.0, "attempt": 1}
+        assert len(list(marker.glob(f"{job_id}.*.start"))) == 1
+    finally:
+        second.stop()

@@ -5,7 +5,9 @@ statement, so concurrent claimers in any number of processes never take the
 same job. Time is the database's clock (``now()``). A trigger sends
 ``NOTIFY tether_jobs, '<queue>'`` whenever a job becomes queued; waiters listen
 on one dedicated connection per store (opened on the first ``wait_for_work``)
-and fall back to polling every ``poll_interval`` seconds while it is down.
+and fall back to polling every ``poll_interval`` seconds while it is down, or
+always with ``listen=False`` (for a connection pooler in transaction mode,
+where LISTEN does not work).
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ class PostgresJobStore(JobStore):
         poll_interval: float = 0.25,
         min_connections: int = 1,
         max_connections: int = 10,
+        listen: bool = True,
     ) -> None:
         """Configure the store; nothing is connected until ``open()``.
 
@@ -120,9 +123,11 @@ class PostgresJobStore(JobStore):
             poll_interval: seconds between polls when notifications are unavailable,
                 and between checks in ``wait_for_change``.
             min_connections, max_connections: pool size bounds.
+            listen: wake waiters with ``LISTEN``; False: poll only.
         """
         super().__init__(poll_interval=poll_interval)
         self.conninfo = conninfo
+        self.listen = listen
         self._pool_sizes = (min_connections, max_connections)
         self._pool_or_none: AsyncConnectionPool | None = None
         self._opened = False
@@ -574,6 +579,8 @@ class PostgresJobStore(JobStore):
 
     def _work_poll_interval(self) -> float:
         """Start the listener if needed; poll rarely while it is up."""
+        if not self.listen:
+            return self.poll_interval
         if self._opened and (self._listener is None or self._listener.done()):
             if time.monotonic() >= self._listen_retry_at:
                 self._listener = asyncio.get_running_loop().create_task(self._listen())
