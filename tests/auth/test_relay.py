@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tether
-from tests.fixtures.relay import RelayProcess
+from tests.fixtures.relay import RelayProcess, tether_cli
 from tether.auth import AuthenticationFailed, CredentialStore, PermissionDenied
 
 
@@ -46,3 +47,15 @@ def test_relayed_calls_are_authenticated_and_authorized(
         with pytest.raises(PermissionDenied):
             client.relay(nats_url, api_key=reader).call("inventory.remove", name="r1")
         client.relay(nats_url, api_key=writer).call("inventory.remove", name="r2")
+
+
+def test_the_cli_sends_a_token_through_the_relay(nats_url: str, relayed: tuple[str, str]) -> None:
+    _, reader = relayed
+    refused = tether_cli("call", nats_url, "inventory.get", "name=r1")
+    assert refused.returncode == 1 and "unauthenticated" in refused.stderr
+    got = tether_cli("call", nats_url, "inventory.get", "name=r1", env={"TETHER_API_KEY": reader})
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["name"] == "r1"
+    denied = tether_cli("call", nats_url, "inventory.remove", "name=r1", "--api-key", reader)
+    assert denied.returncode == 1 and "permission_denied" in denied.stderr
+    assert reader not in denied.stderr + denied.stdout

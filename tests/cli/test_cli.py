@@ -122,3 +122,17 @@ def test_serve_refuses_what_is_not_an_app() -> None:
     assert "error invalid_argument:" in result.stderr
     assert "is a builtins.function, not a tether.App" in result.stderr
     assert "hint:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_options_that_a_relay_only_instance_cannot_honour() -> None:
+    relay_only = [
+        "serve",
+        "examples.inventory.app:app",
+        "--relay",
+        "nats://127.0.0.1:1",
+        "--no-http",
+    ]
+    for extra in (["--port", "9000"], ["--workers", "2"]):
+        result = tether_cli(*relay_only, *extra)
+        assert result.returncode == 2, result.stderr
+        assert "--no-http serves no port and runs one process" in result.stderr

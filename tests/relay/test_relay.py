@@ -347,3 +347,15 @@ def test_transports_of_one_pool_share_a_nats_connection(
     assert again.link is not one.link
     assert run_async(again.send("whoami", "instance", b"{}", {}, 5.0)).status == 200
     run_async(again.close())
+
+
+def test_a_clients_relay_connections_share_one_nats_connection(pair: list[RelayProcess]) -> None:
+    url = pair[0].nats_url
+    with tether.Client(timeout=20) as client:
+        conns = [client.relay(url) for _ in range(5)]
+        conns.append(client.relay(url, pair[1].instance_id))
+        assert {c.call("whoami.echo", n=1) for c in conns} == {1}
+        links = {id(c.transport.transport.link) for c in conns}  # type: ignore[attr-defined]
+        assert len(links) == 1
+        conns[0].close()  # the others keep the shared connection
+        assert conns[1].call("whoami.echo", n=2) == 2

@@ -36,9 +36,14 @@ app = typer.Typer(
 def serve(
     target: Annotated[str, typer.Argument(help="The App to serve, as MODULE:ATTRIBUTE.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0 picks a free one).")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    port: Annotated[
+        int | None, typer.Option(help="TCP port (0 picks a free one). Default 8000.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (HTTP only).")] = 1,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="debug, info, warning or error. Default: TETHER_LOG_LEVEL, else info."),
+    ] = None,
     relay: Annotated[
         str | None,
         typer.Option(
@@ -109,6 +114,17 @@ def serve(
     if not http and relay is None:
         err.print("[bold red]error[/]: --no-http needs --relay NATS_URL", highlight=False)
         raise typer.Exit(2)
+    if not http and (port is not None or workers != 1):
+        err.print(
+            "[bold red]error[/]: --no-http serves no port and runs one process: "
+            "drop --port and --workers, or start more processes for more relay instances",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    if port is None:
+        port = 8000
+    if log_level is None:
+        log_level = get_settings().log_level
     if registry is None and (advertise is not None or get_settings().registry_url):
         registry = get_settings().effective_registry_url
     options = LaunchOptions(
@@ -255,8 +271,30 @@ def call(
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 30.0,
     codec: Annotated[str, typer.Option(help="json or msgpack on the wire.")] = "json",
     registry: RegistryOption = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TETHER_TOKEN",
+            show_envvar=True,
+            help="An access token to send (prefer the environment variable: a command "
+            "line is visible to other users). Default: what tether login stored for URL.",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TETHER_API_KEY",
+            show_envvar=True,
+            help="An API key to send, as --token does.",
+        ),
+    ] = None,
 ) -> None:
     """Call a method and print its result as JSON.
+
+    Credentials: --token or --api-key (or TETHER_TOKEN, TETHER_API_KEY) for
+    every kind of target; for an http(s) URL, what tether login stored.
+    Through a relay or the registry the token travels to the service, which
+    checks it.
 
     Examples: tether call http://127.0.0.1:8000 inventory.get name=r1;
     tether call nats://127.0.0.1:4222 inventory.get name=r1;
@@ -268,16 +306,17 @@ def call(
         parsed = parse_arguments(arguments or [], json_arguments)
         with Client(timeout=timeout, codec=codec) as client:
             if url.startswith(("nats://", "tls://")):
-                connection = client.relay(url)  # nats://host:port#ID: that instance
+                # nats://host:port#ID: that instance
+                connection = client.relay(url, token=token, api_key=api_key)
             elif "://" not in url:
-                connection = client.service(url, registry=registry)
+                connection = client.service(url, registry=registry, token=token, api_key=api_key)
             else:
-                connection = client.connect(url)
+                connection = client.connect(url, token=token, api_key=api_key)
             result = connection.call(name, parsed)
     except TetherError as exc:
         raise fail(exc) from None
     except ValueError as exc:
-        err.print(f"[bold red]error[/]: {exc}", highlight=False)
+        err.print(f"[bold red]error[/] invalid_argument: {exc}", highlight=False)
         raise typer.Exit(2) from None
     emit(result)
 

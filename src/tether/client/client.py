@@ -31,6 +31,7 @@ from tether.transports.integrated import AsyncIntegratedTransport, SyncIntegrate
 if TYPE_CHECKING:
     from tether.registry import InstanceRecord, Selector
     from tether.server.app import App
+    from tether.transports.nats import NatsLinks
     from tether.transports.nats_connect import NatsCredentials
 
 
@@ -70,6 +71,7 @@ class Client:
         self.codec = Codec(codec)
         self._connections: list[Connection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
+        self._nats_links: NatsLinks | None = None  # made by the first relay()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -212,6 +214,7 @@ class Client:
         credentials: NatsCredentials | None = None,
         token: str | None = None,
         api_key: str | None = None,
+        connect_timeout: float = 5.0,
     ) -> Connection:
         """A connection through the NATS relay at ``url`` (no network call yet).
 
@@ -226,6 +229,11 @@ class Client:
                 the ``nats_*`` settings.
             token, api_key: the caller's Tether credentials, sent in the
                 ``authorization`` NATS header; the service checks them, not the relay.
+            connect_timeout: seconds to wait for NATS at the first call.
+
+        Connections of one client to the same NATS servers with the same NATS
+        credentials share one NATS connection, closed with the last of them
+        (or by :meth:`close`).
 
         Raises:
             ValueError: ``service_id`` cannot be a NATS subject token, or codec
@@ -245,6 +253,8 @@ class Client:
             self._run_async,
             instance_id=service_id,
             credentials=(credentials or NatsCredentials()).over(fallback),
+            connect_timeout=check_timeout(connect_timeout),
+            links=self._links(),
         )
         return self._keep(
             Connection(
@@ -255,6 +265,14 @@ class Client:
                 auth=_static(token, api_key),
             )
         )
+
+    def _links(self) -> NatsLinks:
+        """The pool of NATS connections shared by this client's relay connections."""
+        if self._nats_links is None:
+            from tether.transports.nats import NatsLinks  # nats-py only when used
+
+            self._nats_links = NatsLinks()
+        return self._nats_links
 
     def service(
         self,
@@ -393,6 +411,7 @@ class AsyncClient:
         self.codec = Codec(codec)
         self._connections: list[AsyncConnection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
+        self._nats_links: NatsLinks | None = None  # made by the first relay()
         self._closed = False
 
     def __repr__(self) -> str:
@@ -502,6 +521,7 @@ class AsyncClient:
         credentials: NatsCredentials | None = None,
         token: str | None = None,
         api_key: str | None = None,
+        connect_timeout: float = 5.0,
     ) -> AsyncConnection:
         """A connection through the NATS relay at ``url``; see :meth:`Client.relay`."""
         codec = _wire_codec(codec, self.codec, "relay")
@@ -514,6 +534,8 @@ class AsyncClient:
             url,
             instance_id=service_id,
             credentials=(credentials or NatsCredentials()).over(fallback),
+            connect_timeout=check_timeout(connect_timeout),
+            links=self._links(),
         )
         return self._keep(
             AsyncConnection(
@@ -524,6 +546,14 @@ class AsyncClient:
                 auth=_static(token, api_key),
             )
         )
+
+    def _links(self) -> NatsLinks:
+        """The pool of NATS connections shared by this client's relay connections."""
+        if self._nats_links is None:
+            from tether.transports.nats import NatsLinks  # nats-py only when used
+
+            self._nats_links = NatsLinks()
+        return self._nats_links
 
     def service(
         self,
