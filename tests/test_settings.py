@@ -54,3 +54,33 @@ def test_config_show(tmp_path: Path) -> None:
 
     shown = json.loads(result.stdout)
     assert shown["default_timeout"] == {"value": 7.0, "source": "env"}
+
+
+def test_environment_names_are_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("tether_default_timeout", "4.5")
+    settings = Settings()
+    assert settings.default_timeout == 4.5
+    assert settings.sources()["default_timeout"] == "env"
+
+
+def test_an_app_takes_its_own_settings(tmp_path: Path) -> None:
+    """The default job store and auth store follow the App's settings, not the process's."""
+    import asyncio
+
+    from tether.auth import AuthConfig
+
+    app = tether.App(auth=AuthConfig(), settings=Settings(state_dir=tmp_path / "mine"))
+
+    @app.job("noop")
+    def noop(parameters: dict[str, int]) -> dict[str, int]:
+        return parameters
+
+    async def cycle() -> None:
+        await app.startup()
+        await app.shutdown()
+
+    asyncio.run(cycle())
+    assert app.auth is not None
+    assert app.auth.store.path == str(tmp_path / "mine" / "auth.db")
+    assert (tmp_path / "mine" / "jobs.db").exists()
+    assert (tmp_path / "mine" / "auth.db").exists()

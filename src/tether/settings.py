@@ -134,8 +134,8 @@ class Settings(BaseSettings):
 
     def sources(self) -> dict[str, str]:
         """Where each field's value came from: ``code``, ``env``, ``file`` or ``default``."""
-        env = {f"TETHER_{name.upper()}" for name in type(self).model_fields}
-        present_env = {k for k in env if k in os.environ}
+        # pydantic-settings reads environment names regardless of case.
+        present_env = {k.upper() for k in os.environ if k.upper().startswith("TETHER_")}
         file_values: dict[str, Any] = TomlConfigSettingsSource(
             type(self), toml_file=config_file()
         )()

@@ -36,6 +36,7 @@ from tether.errors import TetherError
 
 if TYPE_CHECKING:
     from tether.interface import MethodSpec
+    from tether.settings import Settings
 
 log = logging.getLogger("tether.auth")
 
@@ -55,10 +56,13 @@ class Authenticator:
 
     Args:
         config: the App's :class:`AuthConfig`.
+        settings: where the default auth store lives
+            (``settings.effective_auth_store_path``); default the process-wide settings.
     """
 
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, *, settings: Settings | None = None) -> None:
         self.config = config
+        self._settings = settings  # where the default store lives; None: process-wide
         self.limiter = config.login_limits or LoginLimiter()
         self._store = config.store if isinstance(config.store, CredentialStore) else None
         self._tokens: TokenIssuer | None = None
@@ -83,7 +87,11 @@ class Authenticator:
             path = self.config.store
             assert not isinstance(path, CredentialStore)
             self._store = CredentialStore(
-                Path(path) if path is not None else default_store_path(),
+                Path(path)
+                if path is not None
+                else self._settings.effective_auth_store_path
+                if self._settings is not None
+                else default_store_path(),
                 hasher=self.config.password_hasher,
             )
         return self._store

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from tether.auth.config import AuthConfig
     from tether.jobs.manager import JobManager
     from tether.server.metrics import Metrics
+    from tether.settings import Settings
 
 log = logging.getLogger("tether.server")
 
@@ -72,6 +73,10 @@ class App:
             scopes are checked before each method runs.
         metrics: keep Prometheus metrics and serve them at ``GET /metrics``;
             False counts nothing and ``/metrics`` is 404.
+        settings: preferences for this App (:class:`tether.settings.Settings`):
+            where the default job store and auth store live. Default: the
+            process-wide :func:`tether.settings.get_settings`, read when first
+            needed.
 
     Routes: ``POST /rpc/{service}/{method}``, ``GET /rpc``,
     ``GET /rpc/{service}``, ``GET /openapi.json``, ``GET /docs``,
@@ -116,8 +121,11 @@ class App:
         job_store: str | None = None,
         auth: AuthConfig | None = None,
         metrics: bool = True,
+        settings: Settings | None = None,
     ) -> None:
         self.title = title
+        #: This App's own settings, or None for the process-wide ones.
+        self.settings = settings
         self.version = version
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self.dispatcher = Dispatcher(
@@ -144,7 +152,7 @@ class App:
             from tether.auth.authenticator import Authenticator
             from tether.auth.endpoints import auth_app
 
-            self.auth = self.dispatcher.auth = Authenticator(auth)
+            self.auth = self.dispatcher.auth = Authenticator(auth, settings=settings)
             self.mount("/auth", auth_app(self.auth))
             self.on_startup(self.auth.startup)
         for impl in implementations:
@@ -398,8 +406,11 @@ class App:
             from tether.jobs.api import JobsAPI
             from tether.jobs.manager import JobManager
 
+            store_url = self._job_store_url
+            if store_url is None and self.settings is not None:
+                store_url = self.settings.effective_job_store_url
             manager = JobManager(
-                store_url=self._job_store_url,
+                store_url=store_url,
                 observer=self.metrics.jobs if self.metrics is not None else None,
             )
             self.mount("/jobs", JobsAPI(manager, max_body_size=self.max_body_size))
