@@ -45,9 +45,17 @@ class Settings(BaseSettings):
         url: the default Tether server URL for commands and ``client.jobs``
             (``TETHER_URL``), e.g. ``http://127.0.0.1:8000``; None: none.
         default_timeout: seconds per call when the caller gives none.
-        credentials_path: the client's credentials file (mode 0600).
+        credentials_path: the client's credentials file (mode 0600); default
+            ``credentials.json`` in ``state_dir``.
         tls_ca_bundle: CA bundle (PEM) clients verify servers with.
-        tls_cert, tls_key: this side's certificate and key (PEM).
+        tls_cert, tls_key: the client's certificate and key (PEM) for mutual
+            TLS (``tether serve`` takes its own with ``--tls-cert``/``--tls-key``).
+        tls_pin_sha256: accept only the server certificate with this SHA-256
+            fingerprint (hex), as ``connect(pin_sha256=...)`` does.
+        auth_store_path: the server's users, API keys and sessions (SQLite);
+            default ``auth.db`` in ``state_dir``.
+        token_refresh_margin: seconds before an access token expires at which
+            the client renews it (default 60).
         nats_user, nats_password: NATS user and password (the relay, a NATS
             registry); ``nats://user:password@host`` in the URL works too.
         nats_token: NATS authorization token.
@@ -58,7 +66,8 @@ class Settings(BaseSettings):
         nats_tls_cert, nats_tls_key: client certificate and key (PEM) for NATS.
             With ``tls://`` and none of the three set, ``tls_ca_bundle``,
             ``tls_cert`` and ``tls_key`` are used.
-        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        log_level: ``debug``, ``info``, ``warning`` or ``error``: the default
+            of ``tether serve --log-level`` and ``tether worker --log-level``.
     """
 
     model_config = SettingsConfigDict(env_prefix="TETHER_", extra="ignore")
