@@ -6,6 +6,9 @@ SQLite file, and NATS JetStream KV); a client resolves ``inventory`` by name.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -15,8 +18,10 @@ from examples.inventory.service import Inventory
 
 import tether
 from tests.apps.flaky import Slow
+from tests.apps.replica import Replica
 from tests.discovery.conftest import Start
 from tether.client.discovery import SyncDiscoveredTransport
+from tether.registry import OutlierEjector, open_registry
 
 
 def calls_by_instance(conn: tether.Connection) -> dict[str, int]:
@@ -81,9 +86,12 @@ def test_kill_9_during_a_stream_of_idempotent_calls_loses_none(
     thread = threading.Thread(target=stream)
     thread.start()
     wait_until(lambda: done > 20)
+    killed = _instance_id(servers[1].url)
     servers[1].kill()
     at_kill = done
-    time.sleep(3)  # past the dead instance's lease
+    # The stream goes on until the dead instance's lease ended and it left the registry.
+    wait_until(lambda: killed not in listed(registry_url), timeout=30)
+    wait_until(lambda: done > at_kill + 20, timeout=30)
     stop.set()
     thread.join(15)
     assert errors == []
@@ -108,6 +116,16 @@ def test_a_restarted_instance_is_used_again(start_instance: Start, registry_url:
             return calls_by_instance(conn).get(new_id, 0) > 0
 
         wait_until(used, timeout=15)
+
+
+def listed(registry_url: str) -> list[str]:
+    """Instance ids the registry lists now."""
+
+    async def go() -> list[str]:
+        async with open_registry(registry_url) as registry:
+            return [r.instance_id for r in await registry.list()]
+
+    return asyncio.run(go())
 
 
 def _instance_id(url: str) -> str:
@@ -166,3 +184,70 @@ def test_graceful_shutdown_deregisters(start_instance: Start, registry_url: str)
         assert len(records()) == 1
         server.stop()  # SIGTERM: drain, then deregister
         wait_until(lambda: records() == [], timeout=5.0)  # long before the 30 s lease ends
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_call_in_flight_finishes_before_the_instance_deregisters(
+    sig: signal.Signals, start_instance: Start, registry_url: str, tmp_path: Path
+) -> None:
+    server = start_instance("tests.apps.replica:app", lease="30")
+    instance_id = _instance_id(server.url)
+    wait_until(lambda: instance_id in listed(registry_url))
+    marker = tmp_path / "call"
+    answers: list[object] = []
+
+    def linger() -> None:
+        with tether.Client(timeout=60) as client:
+            answers.append(client.connect(server.url).proxy(Replica).linger(str(marker)))
+
+    caller = threading.Thread(target=linger)
+    caller.start()
+    wait_until(Path(f"{marker}.started").exists)
+    assert server.process is not None
+    server.process.send_signal(sig)
+
+    def refuses() -> bool:  # the server stopped taking connections: it is draining
+        try:
+            socket.create_connection(("127.0.0.1", server.port), 0.5).close()
+        except OSError:
+            return True
+        return False
+
+    wait_until(refuses)
+    assert instance_id in listed(registry_url)  # still registered while it drains
+    Path(f"{marker}.release").touch()
+    caller.join(30)
+    assert answers == [True]  # answered, and registered until it had
+    # uvicorn re-raises the signal once it shut down gracefully.
+    assert server.process.wait(20) in (0, -sig)
+    assert instance_id not in listed(registry_url)  # deregistered (the lease is 30 s)
+
+
+def test_a_restart_with_the_same_instance_id_is_used_again_at_once(
+    start_instance: Start, registry_url: str
+) -> None:
+    other = start_instance("tests.apps.replica:app")
+    fixed = start_instance("tests.apps.replica:app", env={"REPLICA_ID": "fixed"})
+    port = fixed.port
+    with tether.Client(timeout=10) as client:
+        conn = client.service("replica", registry=registry_url)
+        transport = conn.transport
+        assert isinstance(transport, SyncDiscoveredTransport)
+        # A long ejection: only forgetting it can bring "fixed" back during the test.
+        transport.balancer.ejector = OutlierEjector(base_seconds=120, max_seconds=120)
+        replica = conn.proxy(Replica)
+        wait_until(lambda: replica.whoami() and len(transport.cache.records()) == 2)
+        [before] = [r for r in transport.cache.records() if r.instance_id == "fixed"]
+        fixed.kill()
+        wait_until(lambda: replica.whoami() and transport.balancer.ejector.is_ejected("fixed"))
+        restarted = start_instance("tests.apps.replica:app", port=port, env={"REPLICA_ID": "fixed"})
+        wait_until(
+            lambda: any(
+                r.instance_id == "fixed" and r.registered_at > before.registered_at
+                for r in transport.cache.records()
+            )
+        )
+        pids = {replica.whoami() for _ in range(4)}
+        assert not transport.balancer.ejector.is_ejected("fixed")
+    assert restarted.process is not None and other.process is not None
+    assert pids == {str(restarted.process.pid), str(other.process.pid)}

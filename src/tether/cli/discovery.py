@@ -71,7 +71,7 @@ async def _list(
         try:
             return await asyncio.wait_for(registry.list(service), timeout)
         except TimeoutError:
-            raise RegistryUnavailable(f"no answer within {timeout:g} s") from None
+            raise RegistryUnavailable(f"no answer within {round(timeout or 0, 1):g} s") from None
 
 
 async def _watch(url: str, service: str | None) -> None:

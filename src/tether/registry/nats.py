@@ -69,6 +69,11 @@ def _reconnects(client: NatsClient | None) -> int:
     return 0 if client is None else int(client.stats["reconnects"])
 
 
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in text
+
+
 def _without_login(url: str) -> str:
     """``url`` without its user and password, for messages."""
     scheme, sep, rest = url.rpartition("://")
@@ -185,8 +190,10 @@ class NatsRegistry(Registry):
         errors: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
-            errors.append(exc)  # the last one says why a first connection fails
-            del errors[:-1]
+            # Kept to say why a first connection fails: a refused login wins
+            # over the connection reset that follows it.
+            if not (errors and _is_auth_error(errors[-1])):
+                errors[:] = [exc]
             logger.debug("NATS registry connection error: %r", exc)
 
         options: dict[str, Any] = {
