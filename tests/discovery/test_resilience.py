@@ -459,3 +459,15 @@ def test_a_named_memory_registry_wakes_a_watch_on_another_thread() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "seen"
     assert "Non-thread-safe" not in result.stderr
+
+
+def test_the_self_probe_waits_for_a_server_that_answers(replicas: list[ServerProcess]) -> None:
+    from tether.server.probe import answers_healthz, wait_until_serving
+
+    async def go() -> tuple[bool, bool]:
+        await asyncio.wait_for(wait_until_serving("0.0.0.0", replicas[0].port), 10)
+        nobody = await answers_healthz("127.0.0.1", free_port(), tls=False)
+        somebody = await answers_healthz("127.0.0.1", replicas[0].port, tls=False)
+        return nobody, somebody
+
+    assert asyncio.run(go()) == (False, True)
