@@ -32,18 +32,20 @@ async def answers_healthz(host: str, port: int, *, tls: bool) -> bool:
     """True when ``GET /healthz`` on ``host:port`` answers 200.
 
     With ``tls``, the certificate is not checked (this is our own server,
-    probed for liveness only), and a server that refuses the handshake (it
-    asks for a client certificate) counts as serving: it accepted the
-    connection and speaks TLS.
+    probed for liveness only), and a server that ends the exchange once TLS
+    is under way (it wants a client certificate: mutual TLS) counts as
+    serving, since it accepted the connection and speaks TLS.
     """
     context: ssl.SSLContext | None = None
     if tls:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    accepted = False
     try:
         async with asyncio.timeout(_ATTEMPT_TIMEOUT):
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            accepted = True
             try:
                 writer.write(
                     b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
@@ -54,7 +56,7 @@ async def answers_healthz(host: str, port: int, *, tls: bool) -> bool:
     except ssl.SSLError:
         return True
     except (OSError, TimeoutError):
-        return False
+        return tls and accepted
     return status_line.startswith(b"HTTP/1.") and status_line[9:12] == b"200"
 
 
