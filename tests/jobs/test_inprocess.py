@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 import tether
 from tests.apps.jobs import JOB_TYPES, make_app
+from tests.jobs.helpers import wait_for
 from tether.jobs import (
     Job,
     JobContext,
@@ -366,3 +367,74 @@ def test_job_options_are_checked_at_registration(options: dict[str, Any]) -> Non
     assert "checked" not in app.jobs.types
     with pytest.raises(ValueError):
         JobOptions(scopes="jobs.submit")  # type: ignore[arg-type]
+
+
+class Overlap:
+    """Watches a sync handler's runs: how many, and whether two ever ran at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.starts = 0
+        self.overlapped = False
+        self.release = threading.Event()
+
+    def handler(self) -> Any:
+        def blocker(parameters: Seconds) -> dict[str, float]:
+            with self.lock:
+                self.active += 1
+                self.starts += 1
+                self.overlapped |= self.active > 1
+                first = self.starts == 1
+            try:
+                if first:  # the first run blocks, ignoring its lost lease, until told
+                    self.release.wait(60)
+                return {"slept": parameters.seconds}
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        return blocker
+
+
+def test_a_job_claimed_again_waits_for_the_thread_of_its_lost_attempt(
+    app_and_client: tuple[tether.App, tether.Client],
+) -> None:
+    app, client = app_and_client
+    watch = Overlap()
+    app.job("blocker", max_attempts=3)(watch.handler())
+    jobs = client.integrated(app).jobs
+    worker = tether.Worker(app, types=["blocker"], concurrency=2, lease=1.5)
+    thread = running(worker)
+    try:
+        handle = jobs.submit("blocker", {"seconds": 0})
+        wait_for(lambda: watch.starts == 1, 20, "the first run")
+
+        async def steal() -> str:  # the lease is lost, as after a network split
+            store = await app.jobs.store()
+            job = await store.get(handle.id)
+            assert job.lease_token is not None
+            await store.release(job.id, job.lease_token)
+            return job.lease_token
+
+        first_token = client._run_async(steal(), 10)
+
+        async def lease_token() -> str | None:
+            return (await (await app.jobs.store()).get(handle.id)).lease_token
+
+        # The worker learns of the loss at its next heartbeat, claims the job again with
+        # its free slot, and holds it while the first thread still runs.
+        wait_for(
+            lambda: client._run_async(lease_token(), 10) not in (None, first_token),
+            20,
+            "the job to be claimed again",
+        )
+        assert watch.starts == 1
+        watch.release.set()
+        job = handle.wait(30)
+        assert job.state is JobState.SUCCEEDED, job
+        assert watch.starts == 2 and not watch.overlapped
+    finally:
+        watch.release.set()
+        worker.stop()
+        thread.join(20)

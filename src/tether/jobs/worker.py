@@ -95,6 +95,13 @@ class _Running:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     #: The worker gives up waiting for the handler (a third signal).
     abandon: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set with any of the events above (one waiter per job instead of four).
+    news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def tell(self, event: asyncio.Event) -> None:
+        """Set ``event`` (one of this job's) and wake whoever watches the job."""
+        event.set()
+        self.news.set()
 
 
 @dataclass(frozen=True)
@@ -369,7 +376,7 @@ class Worker:
         self._grace_over.set()
         for running in list(self._running):
             running.ctx._cancel("shutdown")
-            running.shutdown.set()
+            running.tell(running.shutdown)
         if not tasks:
             return
         abandon = loop.create_task(self._abandon.wait())
@@ -384,7 +391,7 @@ class Worker:
         finally:
             abandon.cancel()
         for running in list(self._running):
-            running.abandon.set()
+            running.tell(running.abandon)
         if tasks:
             await asyncio.wait(set(tasks))
 
@@ -556,24 +563,30 @@ class Worker:
             "cancel_requested": running.cancel_event,
             "abandoned": running.abandon,
         }
-        pending = {loop.create_task(event.wait()): name for name, event in events.items()}
+        seen: set[str] = set()
+        news: asyncio.Task[Any] | None = None
         timed_out = False
         try:
             while True:
+                if news is None:
+                    news = loop.create_task(running.news.wait())
                 left = None if deadline is None or timed_out else max(deadline - loop.time(), 0.0)
                 done, _ = await asyncio.wait(
-                    {inner, *pending}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    {inner, news}, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
                 if inner in done:
                     break
-                fired = [pending.pop(t) for t in list(pending) if t in done]
-                if not fired:  # the timeout
+                if news not in done:  # the timeout
                     timed_out = True
                     running.ctx._cancel("timeout")
                     if running.is_async:
                         await _cancel_and_join(inner, running)
                         return _Outcome("timeout", timeout)
                     continue  # keep the lease until the thread returns
+                news = None
+                running.news.clear()
+                fired = {name for name, event in events.items() if event.is_set()} - seen
+                seen |= fired
                 if "lease_lost" in fired:
                     if running.is_async:
                         await _cancel_and_join(inner, running)
@@ -586,8 +599,8 @@ class Worker:
                 if "cancel_requested" in fired and running.is_async:
                     inner.cancel()  # cooperative for sync handlers: they see ctx.cancelled
         finally:
-            for t in pending:
-                t.cancel()
+            if news is not None:
+                news.cancel()
         if timed_out:
             return _Outcome("timeout", timeout)
         if inner.cancelled():
@@ -751,7 +764,8 @@ class Worker:
         last = self._loop.time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval - (self._loop.time() - last))
+                async with asyncio.timeout(interval - (self._loop.time() - last)):
+                    await wake.wait()  # (asyncio.timeout: no task of its own, unlike wait_for)
             wake.clear()
             gap = self._loop.time() - last
             if gap < MIN_PROGRESS_INTERVAL:
@@ -771,7 +785,7 @@ class Worker:
             except (LeaseLost, JobNotFound) as exc:
                 log.warning("job %s: %s", claimed.job.id, exc)
                 ctx._cancel("lease_lost")
-                running.lost.set()
+                running.tell(running.lost)
                 return
             except Exception as exc:
                 log.warning("job %s: heartbeat failed (%s); retrying", claimed.job.id, exc)
@@ -783,7 +797,7 @@ class Worker:
             running.lease_until = last + self.lease * 0.9
             if cancel and not running.cancel_event.is_set():
                 ctx._cancel("cancel_requested")
-                running.cancel_event.set()
+                running.tell(running.cancel_event)
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:

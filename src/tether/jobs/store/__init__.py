@@ -3,13 +3,16 @@
 URLs:
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy
       convention: the path is what follows ``sqlite:///``);
-    * ``postgresql://user:password@host:port/db`` or ``postgres://...``;
+    * ``postgresql://user:password@host:port/db`` or ``postgres://...``; the query
+      parameter ``tether_listen=false`` makes waiters poll instead of ``LISTEN``
+      (behind a connection pooler in transaction mode), other parameters go to libpq;
     * ``memory://``: a private in-memory SQLite database (one store only).
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tether.jobs.store.base import JobStore
 from tether.jobs.store.postgres import PostgresJobStore
@@ -40,7 +43,10 @@ def make_store(url: str, **options: Any) -> JobStore:
     if scheme == "memory":
         return SqliteJobStore(":memory:", **options)
     if scheme in ("postgresql", "postgres"):
-        return PostgresJobStore(url, **options)
+        conninfo, listen = _split_listen(url)
+        if listen is not None:
+            options = {"listen": listen, **options}
+        return PostgresJobStore(conninfo, **options)
     raise ValueError(f"unsupported job store scheme {scheme!r} (sqlite, postgresql, memory)")
 
 
@@ -57,3 +63,21 @@ async def open_store(url: str, **options: Any) -> JobStore:
     store = make_store(url, **options)
     await store.open()
     return store
+
+
+def _split_listen(url: str) -> tuple[str, bool | None]:
+    """Take ``tether_listen=true|false`` out of a PostgreSQL URL's query.
+
+    Raises:
+        ValueError: a value other than true/false/1/0.
+    """
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    found = [v for k, v in pairs if k == "tether_listen"]
+    if not found:
+        return url, None
+    value = found[-1].lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ValueError(f"tether_listen must be true or false, not {found[-1]!r}")
+    rest = urlencode([(k, v) for k, v in pairs if k != "tether_listen"])
+    return urlunsplit(parts._replace(query=rest)), value in ("true", "1")
