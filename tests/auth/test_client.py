@@ -166,3 +166,55 @@ def test_the_async_client_logs_in_renews_pins_and_presents_certificates(
     asyncio.run(scenario())
     entry = file.get(secure.url)
     assert entry is not None and entry["access_token"] != "eyJ0.eyJ0.broken"
+
+
+class SlowRenewal:
+    """Credentials refused once; renewing them takes ``renewal`` seconds."""
+
+    def __init__(self, good: str, renewal: float) -> None:
+        self.token, self.good, self.renewal, self.renewals = "refused", good, renewal, 0
+
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"}
+
+    def fresh(self) -> bool:
+        return True
+
+    def on_unauthorized(self) -> bool:
+        import time
+
+        time.sleep(self.renewal)
+        self.renewals += 1
+        self.token = self.good
+        return True
+
+
+@pytest.mark.parametrize("kind", ["direct", "integrated"])
+def test_renewing_after_a_401_fits_in_the_calls_deadline(
+    kind: str, tmp_path: Path, pki: PKI, secure: SecureServer
+) -> None:
+    """A renewal that uses up the deadline ends the call with the 401; one that
+    leaves time resends with what is left."""
+    from tether.client.connection import Connection
+    from tests.auth.secured_app import make_app
+
+    settings = settings_for(tmp_path, pki)
+    with tether.Client(settings=settings) as client:
+        if kind == "direct":
+            base = client.connect(secure.url)
+            good = secure.read_only_key
+            method = "inventory.list"
+        else:
+            app = make_app()
+            assert app.auth is not None
+            base = client.integrated(app)
+            good = app.auth.issue_token("bob", ["vault.read"])
+            method = "vault.peek"
+        slow = SlowRenewal(good, renewal=0.6)
+        late = Connection(base.transport, base.target, timeout=0.5, auth=slow)
+        with pytest.raises(AuthenticationFailed):
+            late.call(method)
+        assert slow.renewals == 1
+        quick = SlowRenewal(good, renewal=0.05)
+        in_time = Connection(base.transport, base.target, timeout=5, auth=quick)
+        assert in_time.call(method)

@@ -323,7 +323,9 @@ class Client:
         with self._lock:
             cache = self._caches.get((registry_url, name))
             if cache is None:
-                cache = self._caches[registry_url, name] = InstanceCache(registry_url, name)
+                cache = self._caches[registry_url, name] = InstanceCache(
+                    registry_url, name, settings=self.settings
+                )
 
         def make_transport(record: InstanceRecord) -> SyncTransport:
             context = tls_for(record.address, self.settings, None, ca=ca, cert=cert)
@@ -577,7 +579,9 @@ class AsyncClient:
         registry_url = registry or self.settings.effective_registry_url
         cache = self._caches.get((registry_url, name))
         if cache is None:
-            cache = self._caches[registry_url, name] = InstanceCache(registry_url, name)
+            cache = self._caches[registry_url, name] = InstanceCache(
+                registry_url, name, settings=self.settings
+            )
 
         def make_transport(record: InstanceRecord) -> AsyncTransport:
             context = tls_for(record.address, self.settings, None, ca=ca, cert=cert)

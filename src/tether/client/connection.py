@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -127,6 +128,20 @@ def _millis(seconds: float) -> str:
     return str(max(1, int(seconds * 1000)))
 
 
+def _resend_budget(started: float, seconds: float, headers: dict[str, str]) -> float | None:
+    """Seconds left of a call's ``seconds`` since ``started`` (monotonic) for sending
+    it again after a 401, with the deadline header updated; None when none is left.
+
+    The renewal and the resend fit in the call's one deadline, so a refused
+    token never makes a call take twice its timeout.
+    """
+    left = seconds - (time.monotonic() - started)
+    if left <= 0:
+        return None
+    headers[TIMEOUT_HEADER] = _millis(left)
+    return left
+
+
 def _split(name: str) -> tuple[str, str]:
     service, sep, method = name.rpartition(".")
     if not sep or not service or not method:
@@ -229,13 +244,16 @@ class Connection(_CallPath):
             return self.transport.send(
                 service, method, body, headers, seconds, idempotent=idempotent
             )
+        started = time.monotonic()
         headers.update(auth.headers())
         raw = self.transport.send(service, method, body, headers, seconds, idempotent=idempotent)
         if raw.status == 401 and auth.on_unauthorized():  # refused before it ran: resend
-            headers.update(auth.headers())
-            raw = self.transport.send(
-                service, method, body, headers, seconds, idempotent=idempotent
-            )
+            left = _resend_budget(started, seconds, headers)
+            if left is not None:
+                headers.update(auth.headers())
+                raw = self.transport.send(
+                    service, method, body, headers, left, idempotent=idempotent
+                )
         return raw
 
     def invoke(
@@ -284,14 +302,20 @@ class Connection(_CallPath):
     ) -> Any:
         """:meth:`invoke` over an integrated transport: the same encoding, headers
         and errors, without a RawResponse for a result."""
-        body, headers, _ = self._request(arguments, timeout, spec)
+        body, headers, seconds = self._request(arguments, timeout, spec)
         wire, auth = self._wire, self.auth
         if auth is None:
             answer = send_local(spec.service, spec.name, body, headers, wire)
         else:
+            started = time.monotonic()
             headers.update(auth.headers())
             answer = send_local(spec.service, spec.name, body, headers, wire)
-            if isinstance(answer, RawResponse) and answer.status == 401 and auth.on_unauthorized():
+            if (
+                isinstance(answer, RawResponse)
+                and answer.status == 401
+                and auth.on_unauthorized()
+                and _resend_budget(started, seconds, headers) is not None
+            ):
                 headers.update(auth.headers())  # refused before it ran: again
                 answer = send_local(spec.service, spec.name, body, headers, wire)
         if isinstance(answer, bytes):
@@ -306,14 +330,20 @@ class Connection(_CallPath):
         timeout: float | None,
     ) -> Any:
         """A call with the python codec: the same path as :meth:`invoke` minus the bytes."""
-        headers, _ = self._headers(timeout, spec)
+        headers, seconds = self._headers(timeout, spec)
         auth = self.auth
         if auth is None:
             data, error = local(spec, arguments, headers)
         else:
+            started = time.monotonic()
             headers.update(auth.headers())
             data, error = local(spec, arguments, headers)
-            if error is not None and error.status == 401 and auth.on_unauthorized():
+            if (
+                error is not None
+                and error.status == 401
+                and auth.on_unauthorized()
+                and _resend_budget(started, seconds, headers) is not None
+            ):
                 headers.update(auth.headers())  # refused before it ran: again
                 data, error = local(spec, arguments, headers)
         if error is None:
@@ -464,16 +494,19 @@ class AsyncConnection(_CallPath):
             return await self.transport.send(
                 service, method, body, headers, seconds, idempotent=idempotent
             )
+        started = time.monotonic()
         # Renewing a token blocks (HTTP, file lock): off the event loop.
         headers.update(auth.headers() if auth.fresh() else await asyncio.to_thread(auth.headers))
         raw = await self.transport.send(
             service, method, body, headers, seconds, idempotent=idempotent
         )
         if raw.status == 401 and await asyncio.to_thread(auth.on_unauthorized):
-            headers.update(await asyncio.to_thread(auth.headers))
-            raw = await self.transport.send(
-                service, method, body, headers, seconds, idempotent=idempotent
-            )
+            left = _resend_budget(started, seconds, headers)
+            if left is not None:
+                headers.update(await asyncio.to_thread(auth.headers))
+                raw = await self.transport.send(
+                    service, method, body, headers, left, idempotent=idempotent
+                )
         return raw
 
     async def invoke(
@@ -499,14 +532,17 @@ class AsyncConnection(_CallPath):
         """A call with the python codec; see :meth:`Connection._invoke_local`."""
         headers, seconds = self._headers(timeout, spec)
         auth = self.auth
+        started = time.monotonic()
         if auth is not None:
             fresh = auth.headers() if auth.fresh() else await asyncio.to_thread(auth.headers)
             headers.update(fresh)
         data, error = await local(spec, arguments, headers, seconds)
         if error is not None and error.status == 401 and auth is not None:
             if await asyncio.to_thread(auth.on_unauthorized):
-                headers.update(await asyncio.to_thread(auth.headers))
-                data, error = await local(spec, arguments, headers, seconds)
+                left = _resend_budget(started, seconds, headers)
+                if left is not None:
+                    headers.update(await asyncio.to_thread(auth.headers))
+                    data, error = await local(spec, arguments, headers, left)
         if error is None:
             return spec.load_result(data)
         return self._response(error, spec)

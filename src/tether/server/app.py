@@ -304,8 +304,9 @@ class App:
     ) -> Callable[[F], F]:
         """Register a readiness check (decorator) reported by ``GET /readyz``.
 
-        The function takes no arguments, sync (run in the thread pool) or
-        async; it fails by raising or returning ``False``.
+        The function takes no arguments, sync (run in a thread of its own,
+        never the methods' thread pool, and not started again while a run is
+        still going) or async; it fails by raising or returning ``False``.
 
         Args:
             name: the check's name (default: the function's name).
@@ -340,7 +341,7 @@ class App:
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Run the readiness checks: ``(ready, {name: result})``."""
-        return await run_checks(self.health_checks, self.dispatcher.executor)
+        return await run_checks(self.health_checks)
 
     async def service_health(self) -> tuple[bool, dict[str, HealthStatus]]:
         """Run the readiness checks: ``(ready, {service: "passing"|"failing"})``."""

@@ -139,14 +139,11 @@ def _run_into(function: Callable[[], Any], future: concurrent.futures.Future[Any
         future.set_result(result)
 
 
-async def run_checks(
-    checks: list[HealthCheck], executor: Executor | None = None
-) -> tuple[bool, dict[str, Any]]:
-    """Run every check concurrently.
+async def run_checks(checks: list[HealthCheck]) -> tuple[bool, dict[str, Any]]:
+    """Run every check concurrently (sync checks in threads of their own).
 
     Args:
         checks: the checks.
-        executor: ignored (sync checks run in threads of their own).
 
     Returns:
         ``(ready, {name: result})``: ready when every check passes.
