@@ -195,8 +195,8 @@ def test_renewing_after_a_401_fits_in_the_calls_deadline(
 ) -> None:
     """A renewal that uses up the deadline ends the call with the 401; one that
     leaves time resends with what is left."""
-    from tether.client.connection import Connection
     from tests.auth.secured_app import make_app
+    from tether.client.connection import Connection
 
     settings = settings_for(tmp_path, pki)
     with tether.Client(settings=settings) as client:
