@@ -329,7 +329,10 @@ class Client:
 
         def make_transport(record: InstanceRecord) -> SyncTransport:
             context = tls_for(record.address, self.settings, None, ca=ca, cert=cert)
-            return sync_instance_transport(record.address, self.settings, self._run_async, context)
+            links = self._links() if record.address.startswith(("nats://", "tls://")) else None
+            return sync_instance_transport(
+                record.address, self.settings, self._run_async, context, links=links
+            )
 
         transport = SyncDiscoveredTransport(
             cache,
@@ -585,7 +588,8 @@ class AsyncClient:
 
         def make_transport(record: InstanceRecord) -> AsyncTransport:
             context = tls_for(record.address, self.settings, None, ca=ca, cert=cert)
-            return async_instance_transport(record.address, self.settings, context)
+            links = self._links() if record.address.startswith(("nats://", "tls://")) else None
+            return async_instance_transport(record.address, self.settings, context, links=links)
 
         transport = AsyncDiscoveredTransport(
             cache, Balancer(name, selector, retry or RetryPolicy()), make_transport

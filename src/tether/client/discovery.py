@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tether.client.retry import RetryPolicy
 from tether.errors import TetherError, Unavailable
@@ -36,6 +36,9 @@ from tether.settings import Settings
 from tether.transports.base import AsyncTransport, RawResponse, SyncTransport
 from tether.transports.http_async import AsyncHTTPTransport
 from tether.transports.http_sync import DEFAULT_CONNECT_TIMEOUT, SyncHTTPTransport
+
+if TYPE_CHECKING:
+    from tether.transports.nats import NatsLinks
 
 log = logging.getLogger("tether.discovery")
 
@@ -587,6 +590,7 @@ def sync_instance_transport(
     ssl_context: ssl.SSLContext | None,
     *,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    links: NatsLinks | None = None,
 ) -> SyncTransport:
     """The transport for an instance's advertised address.
 
@@ -594,7 +598,8 @@ def sync_instance_transport(
     at most ``connect_timeout`` seconds (a dead host is then a failure
     before sending: retried elsewhere, the instance ejected);
     ``nats://host:port#ID`` (a relay instance) through NATS, addressed to
-    that instance.
+    that instance, on a connection of ``links`` (the client's pool of NATS
+    connections) when given.
 
     Raises:
         ValueError: an address of another scheme.
@@ -611,6 +616,7 @@ def sync_instance_transport(
             run_async,
             instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
+            links=links,
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")
 
@@ -621,6 +627,7 @@ def async_instance_transport(
     ssl_context: ssl.SSLContext | None,
     *,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    links: NatsLinks | None = None,
 ) -> AsyncTransport:
     """The asyncio twin of :func:`sync_instance_transport`."""
     if address.startswith(("http://", "https://")):
@@ -634,5 +641,6 @@ def async_instance_transport(
             url,
             instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
+            links=links,
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")
