@@ -191,13 +191,15 @@ def jobs_demo(url: str) -> None:
         step("The tether CLI, waiting with a progress bar (on a terminal) for the result")
         cli = [sys.executable, "-m", "tether.cli"]
         parameters = '{"paths": ["examples/inventory/devices.csv"]}'
+        print(f"$ export TETHER_URL={url}    # the server of tether jobs ... and client.jobs")
+        ENV["TETHER_URL"] = url  # for the child commands below
         run(
-            [*cli, "jobs", "submit", url, "checksum", "--json", parameters, "--wait"],
-            f"tether jobs submit {url} checksum --json '{parameters}' --wait",
+            [*cli, "jobs", "submit", "checksum", "--json", parameters, "--wait"],
+            f"tether jobs submit checksum --json '{parameters}' --wait",
         )
         run(  # the job fails (no such file): the command says so and exits 1
-            [*cli, "jobs", "submit", url, "checksum", 'paths:=["no/such/file"]', "--wait"],
-            f"tether jobs submit {url} checksum 'paths:=[\"no/such/file\"]' --wait",
+            [*cli, "jobs", "submit", "checksum", 'paths:=["no/such/file"]', "--wait"],
+            "tether jobs submit checksum 'paths:=[\"no/such/file\"]' --wait",
             expect=1,
         )
     except BaseException:

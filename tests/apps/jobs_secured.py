@@ -12,7 +12,6 @@ from typing import Any
 
 import tether
 from tether.auth import AuthConfig
-from tether.jobs import JobOptions
 
 #: The scope each action needs, by action name.
 ACTION_SCOPES = {name: [name] for name in ("jobs.submit", "jobs.read", "jobs.cancel", "jobs.work")}
@@ -28,12 +27,13 @@ def make_app() -> tether.App:
     app = tether.App(title="Secured jobs", auth=AuthConfig(audience="jobs", scopes=ACTION_SCOPES))
     schema = {"type": "object"}
     app.register_job_type("echo", parameters_schema=schema, result_schema=schema, handler=echo)
-    app.jobs.types.register(
+    app.register_job_type(
         "secret",
         parameters_schema=schema,
         result_schema=schema,
         handler=echo,
-        options=JobOptions(max_attempts=1, scopes=("secret.submit",)),
+        max_attempts=1,
+        scopes=["secret.submit"],
     )
     return app
 

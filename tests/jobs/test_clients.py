@@ -216,23 +216,23 @@ def test_client_jobs_is_the_default_servers(
     """What ``client.jobs`` returns: the jobs API of ``settings.url`` (TETHER_URL)."""
     settings = Settings(url=jobs_server.url, credentials_path=tmp_path / "credentials.json")
     with tether.Client(timeout=10, settings=settings) as client:
-        jobs = default_jobs(client)
-        assert default_jobs(client) is jobs  # one per client
+        jobs = client.jobs
+        assert client.jobs is jobs and default_jobs(client) is jobs  # one per client
         handle = jobs.submit("raw.echo", {"reply": {"answer": 2}}, queue=queue)
         assert jobs.fetch(handle.id).state is JobState.QUEUED
         with pytest.raises(tether.DeadlineExceeded, match=r"still queued after 0\.2 s"):
             handle.wait(0.2)
     with tether.Client(settings=Settings(url=None)) as client:
         with pytest.raises(ValueError, match="TETHER_URL"):
-            default_jobs(client)
+            client.jobs.submit("raw.echo", {})
 
     async def main() -> None:
         async with tether.AsyncClient(timeout=10, settings=settings) as client:
-            jobs = default_async_jobs(client)
-            assert default_async_jobs(client) is jobs
+            jobs = client.jobs
+            assert client.jobs is jobs and default_async_jobs(client) is jobs
             assert (await jobs.fetch(handle.id)).id == handle.id
         async with tether.AsyncClient(settings=Settings(url=None)) as client:
             with pytest.raises(ValueError, match="TETHER_URL"):
-                default_async_jobs(client)
+                await client.jobs.submit("raw.echo", {})
 
     asyncio.run(main())

@@ -42,8 +42,11 @@ class AuthConfig:
             or None to ignore client certificates.
         api_keys: accept API keys from the store.
         scopes: scopes required, by service (``"inventory"``), by method
-            (``"inventory.add"``) or by other name (``"jobs.submit"``), on top
-            of those the interface declares.
+            (``"inventory.add"``), on top of those the interface declares, or
+            by jobs action: ``"jobs.submit"`` (``POST /jobs``), ``"jobs.read"``
+            (list, get, wait, types, validate), ``"jobs.cancel"`` and
+            ``"jobs.work"`` (claim, heartbeat, complete, fail, release,
+            mark-cancelled). A job type's own ``scopes`` add to ``jobs.submit``'s.
         route_scopes: scopes required for HTTP routes other than RPC calls, by
             path prefix relative to the App (``{"/rpc": ["introspect"],
             "/jobs": ["jobs"]}``: ``/rpc`` covers ``GET /rpc`` and

@@ -384,7 +384,10 @@ def worker(
     grace: Annotated[
         float, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
     ] = 30.0,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="debug, info, warning or error. Default: TETHER_LOG_LEVEL, else info."),
+    ] = None,
     token: Annotated[str | None, typer.Option(help="With --url: an access token to send.")] = None,
     api_key: Annotated[
         str | None,
@@ -416,8 +419,11 @@ def worker(
 
     Example: tether worker examples.inventory.app:app --concurrency 4
     """
+    from tether.settings import get_settings
+
     logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=(log_level or get_settings().log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     sys.path.insert(0, os.getcwd())
     remote: dict[str, Any] = {}

@@ -29,6 +29,7 @@ from tether.transports.http_sync import SyncHTTPTransport
 from tether.transports.integrated import AsyncIntegratedTransport, SyncIntegratedTransport
 
 if TYPE_CHECKING:
+    from tether.jobs.client import AsyncJobsClient, JobsClient
     from tether.registry import InstanceRecord, Selector
     from tether.server.app import App
     from tether.transports.nats import NatsLinks
@@ -350,6 +351,22 @@ class Client:
             )
         )
 
+    @property
+    def jobs(self) -> JobsClient:
+        """The jobs API of the default server, ``settings.url`` (``TETHER_URL``):
+        ``client.jobs.submit(type, parameters)``; made on first use, with the
+        credentials stored for that URL. ``client.connect(url).jobs`` reaches
+        another server.
+
+        Raises:
+            ValueError: no default URL is set (the message names ``TETHER_URL``),
+                or it is not an http(s) URL.
+            RuntimeError: the client is closed.
+        """
+        from tether.jobs.client import default_jobs
+
+        return default_jobs(self)
+
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """This client's event loop, running in its own thread (started on first use)."""
         with self._lock:
@@ -603,6 +620,18 @@ class AsyncClient:
                 auth=_static(token, api_key),
             )
         )
+
+    @property
+    def jobs(self) -> AsyncJobsClient:
+        """The async jobs API of the default server; see :attr:`Client.jobs`.
+
+        Raises:
+            ValueError: no default URL is set (the message names ``TETHER_URL``).
+            RuntimeError: the client is closed.
+        """
+        from tether.jobs.client import default_async_jobs
+
+        return default_async_jobs(self)
 
     async def close(self) -> None:
         """Close every connection this client made; idempotent."""

@@ -433,6 +433,7 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         queue: str = "default",
+        scopes: Sequence[str] = (),
     ) -> Callable[[F], F]:
         """Register a typed function as a job type and its handler (decorator).
 
@@ -448,6 +449,8 @@ class App:
             timeout: seconds one attempt may run, or None.
             priority: default priority (higher runs first).
             queue: default queue.
+            scopes: scopes a caller needs to submit jobs of this type (with
+                auth on), besides ``jobs.submit``'s own.
 
         Raises:
             TypeError: missing hints, or types that are not JSON objects.
@@ -455,7 +458,7 @@ class App:
         """
         from tether.jobs.types import JobOptions
 
-        options = JobOptions(max_attempts, backoff, timeout, priority, queue)
+        options = JobOptions(max_attempts, backoff, timeout, priority, queue, tuple(scopes))
 
         def decorate(fn: F) -> F:
             self.jobs.types.register_function(fn, name=name, options=options)
@@ -477,6 +480,7 @@ class App:
         timeout: float | None = None,
         priority: int = 0,
         queue: str = "default",
+        scopes: Sequence[str] = (),
     ) -> None:
         """Register a job type from raw JSON Schema dicts (Draft 2020-12), as TopChef does.
 
@@ -485,7 +489,7 @@ class App:
             parameters_schema, result_schema: JSON Schemas of JSON objects.
             handler: optional ``fn(parameters: dict[, ctx]) -> dict`` run by workers.
             doc: description.
-            max_attempts, backoff, timeout, priority, queue: as for :meth:`job`.
+            max_attempts, backoff, timeout, priority, queue, scopes: as for :meth:`job`.
 
         Raises:
             jsonschema.SchemaError: a schema is not valid JSON Schema.
@@ -500,7 +504,7 @@ class App:
             result_schema=result_schema,
             handler=handler,
             doc=doc,
-            options=JobOptions(max_attempts, backoff, timeout, priority, queue),
+            options=JobOptions(max_attempts, backoff, timeout, priority, queue, tuple(scopes)),
         )
         self._openapi = self._description = None
 
