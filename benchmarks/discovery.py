@@ -292,7 +292,21 @@ def start_instances(
             instance.instance_id = healthz(instance) or ""
             if not instance.instance_id:
                 time.sleep(0.05)
+    # An instance registers once its own /healthz answers: wait for the registry too.
+    wanted = {instance.instance_id for instance in instances}
+    wait_until(lambda: wanted <= registered_ids(registry_url), 30, "every instance registered")
     return instances
+
+
+def registered_ids(registry_url: str) -> set[str]:
+    """The instance ids the registry at ``registry_url`` lists now."""
+    from tether.registry import open_registry
+
+    async def ids() -> set[str]:
+        async with open_registry(registry_url) as registry:
+            return {record.instance_id for record in await registry.list(SERVICE)}
+
+    return asyncio.run(ids())
 
 
 # --------------------------------------------------------------------------- call latency
