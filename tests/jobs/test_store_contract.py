@@ -646,6 +646,10 @@ async def test_store_urls(tmp_path: Any) -> None:
     quiet = make_store("postgresql://u@h/db?sslmode=disable&tether_listen=false")
     assert isinstance(quiet, PostgresJobStore) and quiet.listen is False
     assert quiet.conninfo == "postgresql://u@h/db?sslmode=disable"
+    # The other options are kept as written: libpq reads "+" as a plus, not a space.
+    spaced = make_store("postgresql://u@h/db?options=-c%20search_path%3Dx&tether_listen=0&a=b+c")
+    assert isinstance(spaced, PostgresJobStore) and spaced.listen is False
+    assert spaced.conninfo == "postgresql://u@h/db?options=-c%20search_path%3Dx&a=b+c"
     loud = make_store("postgresql://u@h/db")
     assert isinstance(loud, PostgresJobStore) and loud.listen is True
     for bad in ("mysql://x", "jobs.db", "sqlite:///", "postgresql://u@h/db?tether_listen=no"):

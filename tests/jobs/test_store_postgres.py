@@ -54,3 +54,22 @@ async def test_without_listen_a_waiter_polls_and_still_sees_other_stores_work(
     finally:
         await submitter.close()
         await waiter.close()
+
+
+async def test_tether_listen_leaves_the_other_libpq_options_as_written(
+    postgres_db_url: str,
+) -> None:
+    """``options=-c%20application_name%3D...`` reaches the server as written, a space and
+    all, once ``tether_listen`` is taken out of the URL."""
+    joiner = "&" if "?" in postgres_db_url else "?"
+    url = (
+        f"{postgres_db_url}{joiner}options=-c%20application_name%3Dtether_probe&tether_listen=false"
+    )
+    store = await open_store(url)
+    try:
+        assert isinstance(store, PostgresJobStore) and store.listen is False
+        async with store._pool.connection() as conn:
+            row = await (await conn.execute("SHOW application_name")).fetchone()
+        assert row == ("tether_probe",)
+    finally:
+        await store.close()

@@ -12,7 +12,7 @@ URLs:
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tether.jobs.store.base import JobStore
 from tether.jobs.store.postgres import PostgresJobStore
@@ -68,16 +68,24 @@ async def open_store(url: str, **options: Any) -> JobStore:
 def _split_listen(url: str) -> tuple[str, bool | None]:
     """Take ``tether_listen=true|false`` out of a PostgreSQL URL's query.
 
+    The other query options are kept byte for byte: re-encoding them would change
+    what libpq reads (``urlencode`` writes a space as ``+``, which libpq keeps).
+
     Raises:
         ValueError: a value other than true/false/1/0.
     """
     parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    found = [v for k, v in pairs if k == "tether_listen"]
+    kept: list[str] = []
+    found: list[str] = []
+    for piece in parts.query.split("&") if parts.query else []:
+        key, _, value = piece.partition("=")
+        if unquote(key) == "tether_listen":
+            found.append(unquote(value))
+        else:
+            kept.append(piece)
     if not found:
         return url, None
     value = found[-1].lower()
     if value not in ("true", "false", "1", "0"):
         raise ValueError(f"tether_listen must be true or false, not {found[-1]!r}")
-    rest = urlencode([(k, v) for k, v in pairs if k != "tether_listen"])
-    return urlunsplit(parts._replace(query=rest)), value in ("true", "1")
+    return urlunsplit(parts._replace(query="&".join(kept))), value in ("true", "1")
