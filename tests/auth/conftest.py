@@ -98,13 +98,13 @@ class TLSServer(ServerProcess):
             ],
             cwd=ROOT,
             env=self.env,
-            stdout=subprocess.PIPE,
+            stdout=self.log.open("wb"),  # a file: a pipe nobody reads would fill up
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                out = self.process.stdout.read().decode() if self.process.stdout else ""
+                out = self.log_text()
                 raise RuntimeError(f"{self} exited with {self.process.returncode}:\n{out}")
             try:
                 with urllib.request.urlopen(
@@ -118,9 +118,8 @@ class TLSServer(ServerProcess):
         raise RuntimeError(f"{self} did not answer /healthz within {timeout} s")
 
     def output(self) -> str:
-        """Everything the server wrote (after :meth:`stop`)."""
-        assert self.process is not None and self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
+        """Everything the server wrote so far."""
+        return self.log_text()
 
 
 @dataclass

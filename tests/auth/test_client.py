@@ -210,11 +210,67 @@ def test_renewing_after_a_401_fits_in_the_calls_deadline(
             base = client.integrated(app)
             good = app.auth.issue_token("bob", ["vault.read"])
             method = "vault.peek"
-        slow = SlowRenewal(good, renewal=0.6)
-        late = Connection(base.transport, base.target, timeout=0.5, auth=slow)
+        slow = SlowRenewal(good, renewal=2.5)
+        late = Connection(base.transport, base.target, timeout=2.0, auth=slow)
         with pytest.raises(AuthenticationFailed):
             late.call(method)
         assert slow.renewals == 1
         quick = SlowRenewal(good, renewal=0.05)
         in_time = Connection(base.transport, base.target, timeout=5, auth=quick)
         assert in_time.call(method)
+
+
+BACKGROUND = """
+import sys
+from tether.auth import AuthenticationFailed
+from tether.client.auth import resolve
+from tether.settings import Settings
+settings = Settings(credentials_path=sys.argv[1], tls_ca_bundle=sys.argv[2])
+auth, _ = resolve(sys.argv[3], settings, interactive=sys.argv[4] == "yes")
+auth.headers()  # the stored (broken) access token, as the first call sends it
+try:
+    auth.on_unauthorized()  # the server refused it: refresh, else log in again
+except AuthenticationFailed as exc:
+    print("refused:", exc.refused, exc.message)
+"""
+
+
+@pytest.mark.parametrize("interactive", ["yes", "no"])
+def test_background_sessions_never_ask_for_a_password(
+    interactive: str, tmp_path: Path, pki: PKI, secure: SecureServer
+) -> None:
+    """On a terminal, an ended session asks for the password again, unless the
+    session is a worker's (``interactive=False``): that one fails at once."""
+    import pexpect
+
+    settings = settings_for(tmp_path, pki)
+    file = CredentialsFile(settings.effective_credentials_path)
+    with tether.Client(settings=settings) as client:
+        client.connect(secure.url, username="alice", password=ALICE_PASSWORD).call("inventory.list")
+    file.update(
+        secure.url,
+        lambda e: {**(e or {}), "access_token": "eyJ0.eyJ0.broken", "refresh_token": "trt_gone"},
+    )
+    script = tmp_path / "background.py"
+    script.write_text(BACKGROUND)
+    path, ca = str(settings.effective_credentials_path), str(pki.ca)
+    child = pexpect.spawn(
+        sys.executable,
+        [str(script), path, ca, secure.url, interactive],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        encoding="utf-8",
+        timeout=60,
+    )
+    try:
+        if interactive == "yes":
+            child.expect("password for alice")
+            child.sendline(ALICE_PASSWORD)
+            child.expect(pexpect.EOF)
+            assert "refused" not in str(child.before)
+        else:
+            child.expect(pexpect.EOF)
+            shown = str(child.before)
+            assert "password for" not in shown
+            assert "refused: password" in shown and "asking is off" in shown
+    finally:
+        child.close()

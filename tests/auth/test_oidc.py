@@ -183,24 +183,23 @@ def test_key_rotation_refetches_but_not_for_every_unknown_kid(idp: Provider) -> 
 def test_a_slow_or_broken_provider_neither_stalls_calls_nor_is_hammered() -> None:
     idp = Provider()
     try:
-        oidc = OIDCProvider(idp.issuer, "vault-api", cache_seconds=0.0, min_refetch=1.0)
+        oidc = OIDCProvider(idp.issuer, "vault-api", cache_seconds=0.0, min_refetch=3600)
         oidc.refresh_keys()
         token = idp.token()
         idp.delay = 5.0
         idp.broken = True
-        time.sleep(1.1)  # past min_refetch: the next lookup may fetch again
+        oidc._attempted_at -= 7200  # as if the last fetch were long ago: one may start
         start = time.monotonic()
         for _ in range(10):  # the cache is stale every time, the cached key still serves
             assert oidc.verify(token).subject == "user-42"
         assert time.monotonic() - start < 2.5, "a stale key lookup waited for the provider"
-        bogus = idp.token("rsa-1", sub="x")
         unknown = jwt.encode(
-            jwt.decode(bogus, options={"verify_signature": False}),
+            jwt.decode(token, options={"verify_signature": False}),
             idp.keys["rsa-1"],
             algorithm="RS256",
             headers={"kid": "rotated"},
         )
-        for _ in range(5):
+        for _ in range(5):  # the background fetch was just tried: no new one
             with pytest.raises(AuthenticationFailed, match="signing key"):
                 oidc.verify(unknown)
         deadline = time.monotonic() + 10
@@ -208,6 +207,36 @@ def test_a_slow_or_broken_provider_neither_stalls_calls_nor_is_hammered() -> Non
             time.sleep(0.05)  # the one background refetch reaches the provider
         time.sleep(0.2)
         assert idp.fetches == 2  # the first fetch, then one background try: no retry storm
+    finally:
+        idp.close()
+
+
+def test_an_unknown_key_on_an_event_loop_is_fetched_in_the_background() -> None:
+    """The App checks HTTP calls on its event loop: a token with a new ``kid``
+    is refused at once (the provider is slow) and accepted once its keys came."""
+    idp = Provider()
+    try:
+        oidc = OIDCProvider(idp.issuer, "vault-api", min_refetch=3600)
+        oidc.refresh_keys()
+        idp.add_key("rotated-2")
+        idp.delay = 1.0
+        oidc._attempted_at -= 7200
+        token = idp.token("rotated-2")
+
+        async def on_the_loop() -> str:
+            start = time.monotonic()
+            with pytest.raises(AuthenticationFailed, match="fetched again"):
+                oidc.verify(token)
+            assert time.monotonic() - start < 0.5, "the event loop waited for the provider"
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    return oidc.verify(token).subject
+                except AuthenticationFailed:
+                    assert time.monotonic() < deadline, "the new key never arrived"
+                    await asyncio.sleep(0.1)
+
+        assert asyncio.run(on_the_loop()) == "user-42"
     finally:
         idp.close()
 

@@ -10,14 +10,20 @@ Keys are cached. The App fetches them at start-up (in a thread). Keys older
 than ``cache_seconds`` are refetched in a background thread while the cached
 ones keep serving, so a slow or unreachable provider never stalls a call
 whose key is known. A token naming an unknown ``kid`` (key rotation) makes
-the calling thread fetch the keys, bounded by ``timeout``. Fetches of either
-kind start at most once every ``min_refetch`` seconds, counted from the last
-attempt whether it succeeded or not, so forged ``kid`` values or a provider
-that is down cannot make the server hammer it.
+the calling thread fetch the keys, bounded by ``timeout``, unless that
+thread runs an event loop (the App checks HTTP calls on its loop): then the
+token is refused at once and the keys are fetched in the background, so an
+anonymous caller with a made-up ``kid`` cannot freeze the server; providers
+publish a new key before they sign with it, and the background refetch of
+stale keys picks it up first. Fetches of either kind start at most once
+every ``min_refetch`` seconds, counted from the last attempt whether it
+succeeded or not, so forged ``kid`` values or a provider that is down cannot
+make the server hammer it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import threading
@@ -139,6 +145,13 @@ class OIDCProvider:
         known = kid in self._keys or (kid is None and len(self._keys) == 1)
         if known and now - self._fetched_at > self.cache_seconds and self._may_fetch(now):
             self._refresh_in_background()
+        elif not known and self._may_fetch(now) and _on_event_loop():
+            self._refresh_in_background()
+            raise AuthenticationFailed(
+                f"the token's signing key is not one {self.issuer} published when last "
+                "asked; its keys are being fetched again, try again shortly",
+                refused="token",
+            )
         elif not known and self._may_fetch(now):
             try:
                 self.refresh_keys()
@@ -191,6 +204,15 @@ class OIDCProvider:
             expires_at=float(claims["exp"]),
             claims=claims,
         )
+
+
+def _on_event_loop() -> bool:
+    """True when this thread runs an asyncio event loop (blocking it would stall it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _parse_jwks(data: dict[str, Any]) -> dict[str | None, jwt.PyJWK]:

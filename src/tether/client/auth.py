@@ -124,6 +124,10 @@ class SessionAuth:
         margin: seconds before expiry that a token is renewed.
         timeout: seconds per login or refresh request.
         extra: more fields to keep in the entry (``ca``, ``pin_sha256``...).
+        interactive: may ask for the password with ``getpass`` (when a
+            terminal is attached); False for background work (a worker), which
+            then fails with :class:`AuthenticationFailed` instead of waiting
+            on a prompt nobody sees.
     """
 
     def __init__(
@@ -137,9 +141,11 @@ class SessionAuth:
         margin: float = 60.0,
         timeout: float = 30.0,
         extra: Mapping[str, Any] | None = None,
+        interactive: bool = True,
     ) -> None:
         self.url = url
         self.credentials = credentials
+        self.interactive = interactive
         self.username = username
         self._password = password
         self._must_login = password is not None  # a password given means: log in with it
@@ -261,10 +267,11 @@ class SessionAuth:
             )
         password = self._password
         if password is None:
-            if not sys.stdin.isatty():
+            if not self.interactive or not sys.stdin.isatty():
+                where = "asking is off here" if not self.interactive else "no terminal to ask on"
                 raise AuthenticationFailed(
                     f"the session for {self.username!r} at {self.url} has ended and no password "
-                    "was given (and there is no terminal to ask on)",
+                    f"was given ({where}): run 'tether login {self.url}' again",
                     refused="password",
                 )
             password = getpass.getpass(f"password for {self.username} at {self.url}: ")
@@ -355,6 +362,7 @@ def resolve(
     ca: str | Path | None = None,
     pin_sha256: str | None = None,
     stored: bool = True,
+    interactive: bool = True,
 ) -> tuple[ClientAuth | None, ssl.SSLContext | None]:
     """Work out a connection's credentials and TLS context (no network call).
 
@@ -364,6 +372,9 @@ def resolve(
     credentials file's entry for ``url`` (when ``stored``), else none (an
     open server). The stored entry's TLS choices (CA bundle, pin,
     certificate) apply unless given here.
+
+    ``interactive=False`` (background work) never asks for a password; see
+    :class:`SessionAuth`.
 
     Raises:
         ValueError: more than one of token, api_key and username; a bad pin.
@@ -402,6 +413,7 @@ def resolve(
             ssl_context=context,
             margin=settings.token_refresh_margin,
             extra=extra,
+            interactive=interactive,
         ), context
     if entry is not None and cert is None:
         if entry.get("api_key"):
@@ -413,5 +425,6 @@ def resolve(
                 username=entry.get("username"),
                 ssl_context=context,
                 margin=settings.token_refresh_margin,
+                interactive=interactive,
             ), context
     return None, context
