@@ -128,15 +128,17 @@ async def test_a_slow_check_does_not_delay_heartbeats(tmp_path: Path) -> None:
     @app.health_check(timeout=30)
     async def sluggish() -> bool:
         if slow.is_set():
-            await asyncio.sleep(8)  # twice the lease
+            await asyncio.sleep(16)  # twice the lease
         return True
 
-    agent = register_app(app, url, "http://127.0.0.1:1", lease_seconds=4)
+    # A lease long enough that only a missed heartbeat, not a loaded machine's
+    # stall of a second or two, lets it lapse (heartbeats every 2.7 s).
+    agent = register_app(app, url, "http://127.0.0.1:1", lease_seconds=8)
     await app.startup()
     try:
         [first] = (await listed(url)).values()
         slow.set()
-        deadline = time.monotonic() + 9  # one slow check and then some
+        deadline = time.monotonic() + 17  # one slow check and then some
         while time.monotonic() < deadline:
             entries = await listed(url)
             assert "steady" in entries, "the lease lapsed while a check was running"
@@ -146,6 +148,44 @@ async def test_a_slow_check_does_not_delay_heartbeats(tmp_path: Path) -> None:
         assert agent.health == "passing"
     finally:
         await app.shutdown()
+
+
+async def test_shutdown_during_a_registration_leaves_no_entry(tmp_path: Path) -> None:
+    """Shutdown comes while the registration waits for a locked file: the write
+    lands anyway once the lock goes (SQLite's worker thread carries on), so
+    shutdown deregisters after it rather than leaving an entry nobody renews."""
+    db = tmp_path / "registry.db"
+    url = f"sqlite:///{db}?busy_timeout=30"
+    go = asyncio.Event()
+
+    async def serving() -> None:
+        await go.wait()
+
+    app = tether.App(EchoImpl(), instance_id="ghost")
+    agent = register_app(app, url, "http://127.0.0.1:1", lease_seconds=30, ready=serving)
+    await app.startup()  # the agent's registry connection is open, its schema made
+    blocker = sqlite3.connect(db, isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+        go.set()
+
+        async def under_way() -> bool:
+            # Set as the write is handed to SQLite's thread, where it waits for the lock.
+            return agent._attempted
+
+        await eventually(under_way)
+        assert not agent.registered
+        stopping = asyncio.create_task(app.shutdown())
+
+        async def cancelled() -> bool:
+            return not agent._tasks  # stop() took and cancelled them, before any await
+
+        await eventually(cancelled)
+        blocker.execute("COMMIT")  # the registration's write now goes through
+        await asyncio.wait_for(stopping, 30)
+    finally:
+        blocker.close()
+    assert await listed(url) == {}
 
 
 async def test_a_restart_with_the_same_instance_id_replaces_the_entry(tmp_path: Path) -> None:

@@ -317,6 +317,51 @@ def test_a_connection_lost_mid_call_fails_at_once(
         assert conn.proxy(WhoAmI).echo(2) == 2  # idempotent: waits for the reconnection
 
 
+def test_calls_that_do_not_retry_fail_at_once_while_nats_is_down(
+    nats_server_factory: Callable[..., NatsServer], run_async: RunAsync[Any]
+) -> None:
+    """While the connection to NATS is down, a call that will not be retried (not
+    idempotent, or on a transport made with ``retry_idempotent=False``, as a
+    discovered connection's is) is Unavailable at once, never sent, instead of
+    waiting out its deadline for the connection; an idempotent call waits for it."""
+    server = nats_server_factory(jetstream=False)
+    with RelayProcess("tests.apps.relayed:app", server.url) as relay:
+        links = NatsLinks()
+        retrying = AsyncNatsTransport(server.url, instance_id=relay.instance_id, links=links)
+        balanced = AsyncNatsTransport(
+            server.url, instance_id=relay.instance_id, links=links, retry_idempotent=False
+        )
+        assert retrying.link is balanced.link
+        assert run_async(retrying.send("whoami", "echo", b'{"n": 1}', {}, 5.0)).status == 200
+        server.kill()
+        wait_for(lambda: not retrying.link.up.is_set(), 20, "the client seeing NATS go")  # type: ignore[union-attr]
+
+        async def down_calls() -> list[BaseException]:
+            errors: list[BaseException] = []
+            for transport, idempotent in ((retrying, False), (balanced, True)):
+                try:
+                    # Long deadlines, bounded below: waiting them out fails the test.
+                    async with asyncio.timeout(15):
+                        await transport.send(
+                            "whoami", "echo", b'{"n": 2}', {}, 60.0, idempotent=idempotent
+                        )
+                except BaseException as exc:  # collected for the asserts
+                    errors.append(exc)
+            return errors
+
+        errors = run_async(down_calls())
+        for error in errors:
+            assert isinstance(error, tether.Unavailable), error
+            assert error.details == {"sent": False}
+            assert "is down" in error.message
+        assert len(errors) == 2
+        server.start()
+        raw = run_async(retrying.send("whoami", "echo", b'{"n": 3}', {}, 30.0, idempotent=True))
+        assert raw.status == 200  # idempotent and retrying: waited for the reconnection
+        run_async(retrying.close())
+        run_async(balanced.close())
+
+
 def test_transports_of_one_pool_share_a_nats_connection(
     pair: list[RelayProcess], run_async: RunAsync[Any]
 ) -> None:

@@ -599,7 +599,9 @@ def sync_instance_transport(
     before sending: retried elsewhere, the instance ejected);
     ``nats://host:port#ID`` (a relay instance) through NATS, addressed to
     that instance, on a connection of ``links`` (the client's pool of NATS
-    connections) when given.
+    connections) when given. That transport does not retry by itself (no
+    responders, NATS down): the balancer ejects the instance and retries on
+    another, rather than the deadline going to an instance that died.
 
     Raises:
         ValueError: an address of another scheme.
@@ -617,6 +619,7 @@ def sync_instance_transport(
             instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
             links=links,
+            retry_idempotent=False,  # the balancer retries, elsewhere
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")
 
@@ -642,5 +645,6 @@ def async_instance_transport(
             instance_id=instance_id,
             credentials=NatsCredentials.from_settings(settings, url),
             links=links,
+            retry_idempotent=False,  # the balancer retries, elsewhere
         )
     raise ValueError(f"cannot call an instance advertised at {address!r}")

@@ -93,6 +93,10 @@ class RegistrationAgent:
         self.service_health: dict[str, HealthStatus] = {}
         #: True once the entry was written (and until shutdown).
         self.registered = False
+        # True once a registration was sent off: cancelled mid-way, its write
+        # may still land (SQLite's worker thread goes on, a NATS publish may
+        # have left), so shutdown deregisters whenever this is set.
+        self._attempted = False
         self._registry: Registry | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._health_changed = asyncio.Event()
@@ -147,6 +151,7 @@ class RegistrationAgent:
 
     async def _register(self) -> None:
         assert self._registry is not None
+        self._attempted = True
         await self._registry.register(self.record(), self.lease_seconds)
         self.registered = True
         log.info("registered %s at %s in %s", self.app.instance_id, self.address, self.registry_url)
@@ -236,7 +241,11 @@ class RegistrationAgent:
             await self._register()
 
     async def stop(self) -> None:
-        """Stop heartbeating, deregister and close the registry; never raises."""
+        """Stop heartbeating, deregister and close the registry; never raises.
+
+        Deregisters also when a registration was still in progress (it may
+        land after all; the registry runs the removal after it).
+        """
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -246,13 +255,13 @@ class RegistrationAgent:
         registry, self._registry = self._registry, None
         if registry is None:
             return
-        if self.registered:
+        if self.registered or self._attempted:
             try:
-                await registry.deregister(self.app.instance_id)
+                await registry.deregister(self.app.instance_id)  # an unknown id: a no-op
                 log.info("deregistered %s", self.app.instance_id)
             except Exception as exc:
                 log.warning("could not deregister %s: %s", self.app.instance_id, exc)
-            self.registered = False
+            self.registered = self._attempted = False
         with contextlib.suppress(Exception):
             await registry.close()
 

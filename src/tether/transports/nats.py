@@ -13,7 +13,10 @@ its reply (which is then lost with it), the call ends at once with
 :class:`~tether.Unavailable` (``details["sent"]`` True: it may have run)
 instead of waiting out its deadline. Idempotent calls are retried within
 their deadline when no instance answers (``no responders``), when the
-connection is down, or when it broke during the call; other calls fail at once.
+connection is down, or when it broke during the call; other calls fail at
+once (``details["sent"]`` False while the connection is down: not sent).
+A transport made with ``retry_idempotent=False`` (a discovered connection's,
+whose balancer retries on another instance) fails at once in every case.
 """
 
 from __future__ import annotations
@@ -226,6 +229,12 @@ class AsyncNatsTransport:
         links: share the NATS connection with the other transports of this
             pool that have the same URL, credentials and timeouts (default:
             a connection of this transport's own).
+        retry_idempotent: retry idempotent calls within their deadline (see
+            :meth:`send`); False for a transport whose caller retries
+            elsewhere, as a discovered connection's balancer does: its
+            calls then fail at once, and the balancer ejects the instance
+            and picks another instead of this transport spending the
+            deadline on a dead ``tether.inst.{id}`` subject.
 
     Raises:
         ValueError: ``instance_id`` cannot be a NATS subject token.
@@ -240,9 +249,11 @@ class AsyncNatsTransport:
         connect_timeout: float = 5.0,
         reconnect_wait: float = 0.5,
         links: NatsLinks | None = None,
+        retry_idempotent: bool = True,
     ) -> None:
         self.url = url
         self.instance_id = instance_id
+        self.retry_idempotent = retry_idempotent
         self._prefix = subject_prefix(instance_id)
         self._links = links
         options = {"connect_timeout": connect_timeout, "reconnect_wait": reconnect_wait}
@@ -285,7 +296,10 @@ class AsyncNatsTransport:
             headers: request headers (lower-case names), sent as NATS headers.
             timeout: seconds for the whole exchange, retries included.
             idempotent: retry when no instance answers, the connection is down
-                or NATS drops it during the call, until ``timeout``.
+                or NATS drops it during the call, until ``timeout`` (unless
+                the transport was made with ``retry_idempotent=False``).
+                Without retries, a call made while the connection is down
+                fails at once (``sent`` False) rather than waiting for it.
 
         Returns:
             The reply: status from ``tether-status``, its content type and body.
@@ -306,6 +320,7 @@ class AsyncNatsTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         pause = _FIRST_PAUSE
+        retry = idempotent and self.retry_idempotent
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -313,10 +328,10 @@ class AsyncNatsTransport:
                     f"no answer from {self._target(service, method)} within {timeout:.3f} s"
                 )
             try:
-                msg = await self._attempt(service, method, body, headers, remaining)
+                msg = await self._attempt(service, method, body, headers, remaining, retry)
                 return _raw(msg)
             except _Retryable as failure:
-                if not idempotent or deadline - loop.time() <= pause:
+                if not retry or deadline - loop.time() <= pause:
                     raise failure.error from None
                 log.debug("retrying %s.%s in %.2f s: %s", service, method, pause, failure)
             await asyncio.sleep(pause)
@@ -329,8 +344,10 @@ class AsyncNatsTransport:
         body: bytes,
         headers: Mapping[str, str],
         remaining: float,
+        retry: bool,
     ) -> Msg:
-        """One request; raises _Retryable for a failure an idempotent call may retry."""
+        """One request; raises _Retryable for a failure an idempotent call may retry
+        (``retry``: this call will, so it may wait for a connection that is down)."""
         subject = f"{self._prefix}.{service}.{method}"
         try:
             async with asyncio.timeout(remaining):
@@ -343,7 +360,7 @@ class AsyncNatsTransport:
         if TIMEOUT_HEADER in sent:  # what is left of the deadline, on every attempt
             sent[TIMEOUT_HEADER] = str(max(1, int(remaining * 1000)))
         try:
-            return await self._watched_request(nc, subject, body, sent, remaining)
+            return await self._watched_request(nc, subject, body, sent, remaining, retry)
         except nats.errors.NoRespondersError:
             raise _Retryable(
                 Unavailable(f"no instance serves {self._target(service, method)}", {"sent": False})
@@ -372,7 +389,13 @@ class AsyncNatsTransport:
             ) from None
 
     async def _watched_request(
-        self, nc: NatsClient, subject: str, body: bytes, headers: dict[str, str], remaining: float
+        self,
+        nc: NatsClient,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        remaining: float,
+        wait_for_link: bool,
     ) -> Msg:
         """A request abandoned when the NATS connection drops while it waits.
 
@@ -380,20 +403,24 @@ class AsyncNatsTransport:
         wait out its deadline: it raises _Retryable (``sent`` True: it may
         have run), which an idempotent call retries and any other reports.
         While the connection is down the request waits for it to come back
-        (until ``remaining`` seconds pass: _Retryable, ``sent`` False).
+        when ``wait_for_link`` (until ``remaining`` seconds pass), else
+        fails at once; both are _Retryable with ``sent`` False.
         """
         link = self.link
         assert link.up is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
         if not link.up.is_set():
+            down = _Retryable(
+                Unavailable(f"the connection to NATS at {self.url} is down", {"sent": False})
+            )
+            if not wait_for_link:
+                raise down
             try:
                 async with asyncio.timeout(remaining):
                     await link.up.wait()
             except TimeoutError:
-                raise _Retryable(
-                    Unavailable(f"the connection to NATS at {self.url} is down", {"sent": False})
-                ) from None
+                raise down from None
         lost = link.lost
         assert lost is not None
         left = remaining - (loop.time() - started)
@@ -401,21 +428,35 @@ class AsyncNatsTransport:
         # racing the request in a task of its own against ``lost``.
         task = asyncio.current_task()
         assert task is not None
-        dropped = False
+        finished = False  # the request ended: a drop now is none of this call's business
+        cancelled = False  # a cancel of ours is outstanding
 
         def on_lost(_: asyncio.Future[None]) -> None:
-            nonlocal dropped
-            dropped = True
-            task.cancel()
+            # Scheduled when ``lost`` resolves; remove_done_callback cannot take
+            # it back once scheduled, so it may run after the request ended in
+            # the same loop iteration: it must not cancel the caller then.
+            nonlocal cancelled
+            if not finished:
+                cancelled = True
+                task.cancel()
 
         lost.add_done_callback(on_lost)
         try:
             return await nc.request(subject, body, timeout=left, headers=headers)
         except asyncio.CancelledError:
-            if not dropped or task.uncancel() > 0:  # the caller's own cancellation
+            if not cancelled:
+                raise  # the caller's own cancellation
+            cancelled = False
+            if task.uncancel() > 0:  # the caller's own cancellation as well
                 raise
         finally:
+            finished = True
             lost.remove_done_callback(on_lost)
+            if cancelled:
+                # The request ended although our cancel reached it (3.11's
+                # wait_for returns a reply that was ready when the cancel came):
+                # take the cancel back so the caller's task does not keep it.
+                task.uncancel()
         raise _Retryable(
             Unavailable(
                 f"the connection to NATS at {self.url} broke during the call, which may have run",
@@ -455,8 +496,8 @@ class SyncNatsTransport:
     Args:
         url: ``nats://host:port`` or ``tls://...``.
         run_async: runs a coroutine with a timeout in seconds and returns its result.
-        instance_id, credentials, connect_timeout, reconnect_wait, links: see
-            :class:`AsyncNatsTransport`.
+        instance_id, credentials, connect_timeout, reconnect_wait, links,
+            retry_idempotent: see :class:`AsyncNatsTransport`.
 
     Raises:
         ValueError: ``instance_id`` cannot be a NATS subject token.
@@ -472,6 +513,7 @@ class SyncNatsTransport:
         connect_timeout: float = 5.0,
         reconnect_wait: float = 0.5,
         links: NatsLinks | None = None,
+        retry_idempotent: bool = True,
     ) -> None:
         self.transport = AsyncNatsTransport(
             url,
@@ -480,6 +522,7 @@ class SyncNatsTransport:
             connect_timeout=connect_timeout,
             reconnect_wait=reconnect_wait,
             links=links,
+            retry_idempotent=retry_idempotent,
         )
         self._run_async = run_async
 
