@@ -1,4 +1,5 @@
-"""Retries, ejection, Retry-After, deadlines and selectors of discovered connections.
+"""Retries, ejection, Retry-After, deadlines and selectors of discovered connections
+(and, beside them, how long a direct connection may take to connect).
 
 Real replicas (``tests/apps/replica.py`` under ``tether serve``) and dead
 addresses are written into a real SQLite registry by the test itself, so
@@ -171,6 +172,62 @@ def test_a_retry_after_longer_than_the_time_left_is_answered_at_once(
     assert failures == {"busy": 1}
 
 
+def wait_until_known(transport: SyncDiscoveredTransport, count: int) -> None:
+    """Start the registry watch of ``transport`` and wait until it knows ``count`` instances."""
+    transport.cache.start(transport._loop())
+    deadline = time.monotonic() + 10
+    while len(transport.cache.records()) < count:
+        assert time.monotonic() < deadline, "the instances never showed up"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_retry_after_longer_than_the_time_left_goes_to_another_instance(
+    asynchronous: bool, tmp_path: Path, replicas: list[ServerProcess], registry_url: str
+) -> None:
+    """One instance answers 503 with "Retry-After: 1", more than the 0.8 s deadline
+    leaves: it is ejected for that long and the call goes to the other instance
+    at once, instead of the 503 being the answer."""
+    busy = tmp_path / "busy"
+    busy.touch()
+    server = ServerProcess("tests.apps.replica:app", env={"REPLICA_BUSY": str(busy)}).start()
+    live = pid(replicas[0])
+    try:
+        register(registry_url, {"a-busy": server.url, "b-live": replicas[0].url})
+        if asynchronous:
+
+            async def go() -> tuple[list[str], dict[str, int], bool]:
+                async with tether.AsyncClient(timeout=10) as client:
+                    conn = client.service("replica", registry=registry_url, timeout=0.8)
+                    transport = conn.transport
+                    assert isinstance(transport, AsyncDiscoveredTransport)
+                    await conn.call("replica.record", tag="warm-up")  # the watch is synced
+                    deadline = time.monotonic() + 10
+                    while len(transport.cache.records()) < 2:
+                        assert time.monotonic() < deadline, "the instances never showed up"
+                        await asyncio.sleep(0.02)
+                    # Round robin: one of the two calls is sent to "a-busy" first.
+                    answers = [await conn.call("replica.whoami", idempotent=True) for _ in range(2)]
+                    balancer = transport.balancer
+                    return answers, dict(balancer.failures), balancer.ejector.is_ejected("a-busy")
+
+            answers, failures, ejected = asyncio.run(go())
+        else:
+            with tether.Client(timeout=10) as client:
+                conn = client.service("replica", registry=registry_url, timeout=0.8)
+                transport = conn.transport
+                assert isinstance(transport, SyncDiscoveredTransport)
+                wait_until_known(transport, 2)
+                answers = [conn.call("replica.whoami", idempotent=True) for _ in range(2)]
+                failures = dict(transport.balancer.failures)
+                ejected = transport.balancer.ejector.is_ejected("a-busy")
+    finally:
+        server.stop()
+    assert answers == [live, live]
+    assert failures == {"a-busy": 1}  # tried once, then left alone
+    assert ejected
+
+
 def test_the_policy_gives_up_when_retry_after_exceeds_the_time_left() -> None:
     policy = RetryPolicy(max_attempts=3)
     sent = tether.Unavailable("busy", {"sent": True})
@@ -331,6 +388,75 @@ def test_a_connection_that_never_completes_is_unavailable_before_sending(
 
     error = asyncio.run(go())
     assert error.details == {"sent": False, "connect_timeout": True}
+
+
+def test_a_direct_connection_may_take_its_whole_deadline_to_connect(blackhole: str) -> None:
+    """A direct connection has no other instance to try, so it has no connect
+    timeout of its own: a connection that never completes ends with the
+    deadline, as DeadlineExceeded (not Unavailable at the 2 s that discovered
+    connections allow); ``connect_timeout=`` sets one."""
+    with tether.Client() as client:
+        with pytest.raises(tether.DeadlineExceeded):
+            client.connect(blackhole, timeout=2.5).call("replica.whoami")
+        with pytest.raises(tether.Unavailable) as caught:
+            client.connect(blackhole, timeout=30, connect_timeout=0.3).call("replica.whoami")
+    assert caught.value.details == {"sent": False, "connect_timeout": True}
+
+    async def go() -> tuple[BaseException, BaseException]:
+        async with tether.AsyncClient() as client:
+            errors: list[BaseException] = []
+            for conn in (
+                client.connect(blackhole, timeout=2.5),
+                client.connect(blackhole, timeout=30, connect_timeout=0.3),
+            ):
+                try:
+                    await conn.call("replica.whoami")
+                except tether.RemoteError as exc:
+                    errors.append(exc)
+            slow, capped = errors
+            return slow, capped
+
+    slow, capped = asyncio.run(go())
+    assert isinstance(slow, tether.DeadlineExceeded), slow
+    assert isinstance(capped, tether.Unavailable), capped
+    assert capped.details == {"sent": False, "connect_timeout": True}
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
+def test_a_bad_connect_timeout_is_refused_at_once(bad: float) -> None:
+    with tether.Client() as client, pytest.raises(ValueError, match="connect_timeout"):
+        client.connect("http://127.0.0.1:1", connect_timeout=bad)
+    with pytest.raises(ValueError, match="connect_timeout"):
+        tether.AsyncClient().connect("http://127.0.0.1:1", connect_timeout=bad)
+
+
+def test_a_deadline_that_ends_while_connecting_is_deadline_exceeded(
+    blackhole: str, registry_url: str
+) -> None:
+    """Less of the deadline left than the connect timeout: it is the deadline that
+    ran out, so DeadlineExceeded, and a discovered connection ejects nobody."""
+    with pytest.raises(tether.DeadlineExceeded):
+        SyncHTTPTransport(blackhole, connect_timeout=2.0).send("replica", "whoami", b"{}", {}, 0.3)
+
+    async def go() -> None:
+        transport = AsyncHTTPTransport(blackhole, connect_timeout=2.0)
+        try:
+            with pytest.raises(tether.DeadlineExceeded):
+                await transport.send("replica", "whoami", b"{}", {}, 0.3)
+        finally:
+            await transport.close()
+
+    asyncio.run(go())
+    register(registry_url, {"a-hole": blackhole})
+    with tether.Client() as client:
+        conn = client.service("replica", registry=registry_url, timeout=0.5)
+        transport = conn.transport
+        assert isinstance(transport, SyncDiscoveredTransport)
+        wait_until_known(transport, 1)
+        with pytest.raises(tether.DeadlineExceeded):
+            conn.call("replica.whoami")
+        assert not transport.balancer.ejector.is_ejected("a-hole")
+        assert dict(transport.balancer.failures) == {}
 
 
 def test_a_dead_host_is_ejected_and_the_call_goes_elsewhere(

@@ -144,6 +144,22 @@ def test_ejection_caps_at_max() -> None:
     assert periods == [1, 2, 4, 8, 16, 30, 30, 30]
 
 
+def test_a_retry_after_ejects_for_at_least_that_long() -> None:
+    clock = FakeClock()
+    ejector = OutlierEjector(base_seconds=1, max_seconds=30, clock=clock)
+    a, b, _ = POOL
+    assert ejector.record_failure(a, at_least=120) == 120  # past max_seconds: the server asked
+    clock.advance(100)
+    assert ejector.is_ejected(a)
+    assert ejector.record_failure(b) == 1
+    assert ejector.record_failure(b, at_least=5) == 5  # while ejected: lengthened to it
+    assert ejector.record_failure(b, at_least=0.5) == 5  # never shortened
+    assert ejector.failures(b) == 1  # one failure, however many answers said so
+    clock.advance(20.5)
+    assert not ejector.is_ejected(a) and not ejector.is_ejected(b)
+    assert ejector.record_failure(b, at_least=0.5) == 2  # the backoff when it is longer
+
+
 def test_success_while_ejected_does_not_readmit() -> None:
     clock = FakeClock()
     ejector = OutlierEjector(clock=clock)

@@ -6,13 +6,16 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import tether
-from tests.apps.relayed import WhoAmI
+from tests.apps.relayed import WhoAmI, WhoAmIImpl
 from tests.fixtures.relay import RelayProcess, tether_cli, wait_for
 from tests.fixtures.servers import ServerProcess
+from tests.relay.conftest import RunAsync
+from tether.server.relay import serve_relay
 
 
 def test_serve_http_and_relay_together(nats_url: str, client: tether.Client) -> None:
@@ -110,3 +113,34 @@ def test_an_unreachable_nats_is_reported_once_without_a_reconnect_warning() -> N
     assert result.returncode == 1, output
     assert "cannot connect to NATS at nats://127.0.0.1:9" in output
     assert "lost the connection" not in output and "reconnecting" not in output
+
+
+def test_a_failed_start_up_closes_what_the_earlier_hooks_opened(
+    nats_url: str, run_async: RunAsync[Any]
+) -> None:
+    """A start-up hook fails after the relay's: the relay's NATS connection is closed
+    again (nobody answers on its subjects), the error propagates, and the App is
+    not left started: a second start-up runs every hook again."""
+    app = tether.App(WhoAmIImpl(), instance_id="half-started")
+    serve_relay(app, nats_url)
+    attempts: list[int] = []
+
+    async def fails_once() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            raise RuntimeError("the next hook failed")
+
+    app.on_startup(fails_once)
+    with pytest.raises(RuntimeError, match="the next hook failed"):
+        run_async(app.startup())
+    with tether.Client(timeout=5) as client:
+        direct = client.relay(nats_url, "half-started")
+        with pytest.raises(tether.Unavailable) as caught:
+            direct.call("whoami.echo", n=1)
+        assert caught.value.details == {"sent": False}  # no responders: unsubscribed
+        run_async(app.startup())
+        try:
+            assert attempts == [1, 2]
+            assert direct.call("whoami.echo", n=2) == 2
+        finally:
+            run_async(app.shutdown())

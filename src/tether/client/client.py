@@ -25,7 +25,7 @@ from tether.errors import DeadlineExceeded
 from tether.settings import Settings, get_settings
 from tether.transports.base import AsyncTransport, SyncTransport
 from tether.transports.http_async import AsyncHTTPTransport
-from tether.transports.http_sync import SyncHTTPTransport
+from tether.transports.http_sync import SyncHTTPTransport, check_connect_timeout
 from tether.transports.integrated import AsyncIntegratedTransport, SyncIntegratedTransport
 
 if TYPE_CHECKING:
@@ -109,6 +109,7 @@ class Client:
         cert: tuple[str | Path, str | Path] | str | Path | None = None,
         ca: str | Path | None = None,
         pin_sha256: str | None = None,
+        connect_timeout: float | None = None,
     ) -> Connection:
         """A direct connection to ``http(s)://host:port`` (no network call yet).
 
@@ -124,13 +125,24 @@ class Client:
                 ``settings.tls_ca_bundle``, else the system's).
             pin_sha256: accept only the server certificate with this SHA-256
                 fingerprint (hex).
+            connect_timeout: seconds a new connection may take (TCP and TLS
+                handshakes); slower fails the call with ``Unavailable``
+                (``details`` ``sent`` False, ``connect_timeout`` True). By
+                default a connection may take what is left of the call's
+                deadline, and a deadline that runs out while connecting is
+                ``DeadlineExceeded``: a direct connection has no other
+                instance to try, so a slow handshake over a long path
+                should not fail early. (Discovered connections give a new
+                connection 2 s, then try another instance.)
 
         Raises:
             ValueError: ``url`` is not an http(s) URL, conflicting credentials,
                 codec ``"python"`` (integrated connections only), or a
-                ``timeout`` that is not positive, finite seconds.
+                ``timeout`` or ``connect_timeout`` that is not positive,
+                finite seconds.
         """
         codec = _wire_codec(codec, self.codec, "connect")
+        check_connect_timeout(connect_timeout)
         auth, context = resolve(
             url,
             self.settings,
@@ -144,7 +156,7 @@ class Client:
         )
         return self._keep(
             Connection(
-                SyncHTTPTransport(url, ssl_context=context),
+                SyncHTTPTransport(url, ssl_context=context, connect_timeout=connect_timeout),
                 url,
                 codec=codec,
                 timeout=self.timeout if timeout is None else timeout,
@@ -237,11 +249,18 @@ class Client:
         (or by :meth:`close`).
 
         Raises:
-            ValueError: ``service_id`` cannot be a NATS subject token, or codec
-                ``"python"`` (integrated connections only). A bad
-                URL or unreadable credentials file raises ValueError at the
-                first call; a refused connection Unavailable; rejected
-                credentials a TetherError with code ``unauthenticated``.
+            ValueError: at once: ``service_id`` cannot be a NATS subject
+                token, codec ``"python"`` (integrated connections only), or a
+                ``timeout`` or ``connect_timeout`` that is not positive,
+                finite seconds. A bad URL or unreadable credentials file
+                raises ValueError at the first call.
+            Unavailable: at a call: NATS refused the connection, no instance
+                serves the method, or the connection to NATS was down or
+                broke (see :class:`~tether.transports.nats.AsyncNatsTransport`).
+            DeadlineExceeded: at a call: no answer within its deadline (NATS
+                not accepting the first connection within it included).
+            TetherError: at a call, code ``unauthenticated``: NATS rejected
+                the credentials.
         """
         codec = _wire_codec(codec, self.codec, "relay")
         from tether.transports.nats import SyncNatsTransport  # nats-py only when used
@@ -301,7 +320,10 @@ class Client:
 
         Retries (see :class:`~tether.client.retry.RetryPolicy`) go to another
         instance, only when safe: the method is idempotent, or the request
-        was never sent. Every attempt fits in the call's deadline.
+        was never sent. Every attempt fits in the call's deadline. Until the
+        registry has answered (its first complete view), a call waits for
+        it up to its whole deadline; when the registry lists no healthy
+        instance, a call waits up to a second for one.
 
         Args:
             name: the service's name, as in ``@tether.service(name=...)``.
@@ -315,9 +337,16 @@ class Client:
             cert, ca: client certificate and CA bundle for ``https://`` instances.
 
         Raises:
-            ValueError: an unknown selector or registry URL scheme (at once).
-            Unavailable: at a call, when no healthy instance is registered or
-                every allowed attempt failed.
+            ValueError: at once: an unknown selector, a bad registry URL
+                (unknown scheme or option), codec ``"python"``, a ``timeout``
+                that is not positive, finite seconds, or, for a ``nats://``
+                registry, a NATS credentials or TLS file (the ``nats_*``
+                settings) that cannot be read; at the first call to a relay
+                instance (``nats://host:port#ID``), such a file too.
+            Unavailable: at a call: no healthy instance is registered, the
+                registry did not answer within the deadline (the message
+                gives its error), or every allowed attempt failed.
+            DeadlineExceeded: at a call: the deadline passed during an attempt.
         """
         codec = _wire_codec(codec, self.codec, "service")
         registry_url = registry or self.settings.effective_registry_url
@@ -467,9 +496,16 @@ class AsyncClient:
         cert: tuple[str | Path, str | Path] | str | Path | None = None,
         ca: str | Path | None = None,
         pin_sha256: str | None = None,
+        connect_timeout: float | None = None,
     ) -> AsyncConnection:
-        """A direct connection to ``http(s)://host:port``; see :meth:`Client.connect`."""
+        """A direct connection to ``http(s)://host:port``; see :meth:`Client.connect`
+        (``connect_timeout`` included).
+
+        Raises:
+            ValueError: as for :meth:`Client.connect`.
+        """
         codec = _wire_codec(codec, self.codec, "connect")
+        check_connect_timeout(connect_timeout)
         auth, context = resolve(
             url,
             self.settings,
@@ -483,7 +519,7 @@ class AsyncClient:
         )
         return self._keep(
             AsyncConnection(
-                AsyncHTTPTransport(url, ssl_context=context),
+                AsyncHTTPTransport(url, ssl_context=context, connect_timeout=connect_timeout),
                 url,
                 codec=codec,
                 timeout=self.timeout if timeout is None else timeout,
@@ -545,7 +581,16 @@ class AsyncClient:
         api_key: str | None = None,
         connect_timeout: float = 5.0,
     ) -> AsyncConnection:
-        """A connection through the NATS relay at ``url``; see :meth:`Client.relay`."""
+        """A connection through the NATS relay at ``url``; see :meth:`Client.relay`.
+
+        Raises:
+            ValueError: at once: ``service_id`` cannot be a NATS subject
+                token, codec ``"python"``, or a ``timeout`` or
+                ``connect_timeout`` that is not positive, finite seconds; a
+                bad URL or unreadable credentials file at the first call.
+            Unavailable, DeadlineExceeded, TetherError: at a call, as for
+                :meth:`Client.relay`.
+        """
         codec = _wire_codec(codec, self.codec, "relay")
         from tether.transports.nats import AsyncNatsTransport  # nats-py only when used
         from tether.transports.nats_connect import NatsCredentials, split_address
@@ -594,6 +639,11 @@ class AsyncClient:
         """A connection to any healthy instance of ``name``; see :meth:`Client.service`.
 
         The registry watch runs as a task on the event loop of the first call.
+
+        Raises:
+            ValueError: at once, or at the first call to a relay instance, as
+                for :meth:`Client.service`.
+            Unavailable, DeadlineExceeded: at a call, as for :meth:`Client.service`.
         """
         codec = _wire_codec(codec, self.codec, "service")
         registry_url = registry or self.settings.effective_registry_url

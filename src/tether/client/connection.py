@@ -532,8 +532,8 @@ class AsyncConnection(_CallPath):
         """A call with the python codec; see :meth:`Connection._invoke_local`."""
         headers, seconds = self._headers(timeout, spec)
         auth = self.auth
-        started = time.monotonic()
         if auth is not None:
+            started = time.monotonic()
             fresh = auth.headers() if auth.fresh() else await asyncio.to_thread(auth.headers)
             headers.update(fresh)
         data, error = await local(spec, arguments, headers, seconds)

@@ -248,6 +248,13 @@ class Balancer:
         Raises:
             NoInstance: no healthy instance is known now (``sent`` False).
         """
+        healthy = self._refresh(cache)
+        if not healthy:
+            raise self._none(cache)
+        return self.selector.select(self.ejector.available(healthy))
+
+    def _refresh(self, cache: InstanceCache) -> list[InstanceRecord]:
+        """The healthy instances, worked out again when the cache changed."""
         version = cache.version  # read first: a change meanwhile is seen next time
         if version != self._version:
             records = cache.records()
@@ -261,10 +268,14 @@ class Balancer:
             self._incarnations = incarnations
             self.ejector.retain(incarnations)
             self._version = version
-        healthy = self._healthy
-        if not healthy:
-            raise self._none(cache)
-        return self.selector.select(self.ejector.available(healthy))
+        return self._healthy
+
+    def has_alternative(self, cache: InstanceCache, record: InstanceRecord) -> bool:
+        """True when a healthy instance other than ``record`` is in rotation now."""
+        return any(
+            other.instance_id != record.instance_id and not self.ejector.is_ejected(other)
+            for other in self._refresh(cache)
+        )
 
     def _none(self, cache: InstanceCache) -> NoInstance:
         if not cache.synced:
@@ -302,9 +313,10 @@ class Balancer:
         self.policy.budget.on_success()
         self.calls[record.instance_id] += 1
 
-    def failed(self, record: InstanceRecord) -> None:
-        """The attempt on ``record`` failed: eject it for a while."""
-        period = self.ejector.record_failure(record.instance_id)
+    def failed(self, record: InstanceRecord, retry_after: float | None = None) -> None:
+        """The attempt on ``record`` failed: eject it for a while, at least
+        ``retry_after`` seconds (its ``Retry-After``) when given."""
+        period = self.ejector.record_failure(record.instance_id, at_least=retry_after)
         self.policy.budget.on_failure()
         self.failures[record.instance_id] += 1
         log.info("ejected %s (%s) for %.1f s", record.instance_id, record.address, period)
@@ -317,10 +329,18 @@ class Balancer:
         idempotent: bool,
         remaining: float,
         retry_after: float | None,
+        alternative: bool = False,
     ) -> float | None:
         """Seconds to wait before the next attempt, or None to give up now: the
         policy says no, or the wait (a server's ``Retry-After`` included) would
-        not leave time for another attempt within ``remaining`` seconds."""
+        not leave time for another attempt within ``remaining`` seconds.
+
+        ``alternative``: another instance can take the next attempt now. The
+        ``Retry-After`` of the one that answered (ejected for that long,
+        see :meth:`failed`) is then no reason to wait, nor to give up.
+        """
+        if alternative:
+            retry_after = None
         policy = self.policy
         if not policy.should_retry(
             error, attempt, idempotent=idempotent, remaining=remaining, retry_after=retry_after
@@ -394,8 +414,12 @@ class SyncDiscoveredTransport:
         balancer's ``wait_for_instance`` for one. An attempt that fails before
         or while connecting (refused, no connection within the transport's
         connect timeout), that breaks, or that is answered 503 ejects the
-        instance. No retry when the wait before it (``Retry-After``
-        included) would use up the time left: the last answer is returned.
+        instance (a 503 with ``Retry-After`` for at least that long). The
+        next attempt goes to another instance at once when one is in
+        rotation; otherwise no retry when the wait before it
+        (``Retry-After`` included) would use up the time left: the last
+        answer is returned. A deadline that runs out while connecting is
+        ``DeadlineExceeded``, and ejects no instance.
 
         Raises:
             NoInstance: no healthy instance (an ``Unavailable`` whose message
@@ -430,13 +454,16 @@ class SyncDiscoveredTransport:
                     self.balancer.succeeded(record)
                     return raw
                 error = overloaded
-            self.balancer.failed(record)
+            retry_after = raw.retry_after if raw is not None else None
+            self.balancer.failed(record, retry_after)
             wait = self.balancer.retry_wait(
                 error,
                 attempt,
                 idempotent=idempotent,
                 remaining=deadline - time.monotonic(),
-                retry_after=raw.retry_after if raw is not None else None,
+                retry_after=retry_after,
+                alternative=retry_after is not None
+                and self.balancer.has_alternative(self.cache, record),
             )
             if wait is None:
                 if raw is not None:
@@ -528,13 +555,16 @@ class AsyncDiscoveredTransport:
                     self.balancer.succeeded(record)
                     return raw
                 error = overloaded
-            self.balancer.failed(record)
+            retry_after = raw.retry_after if raw is not None else None
+            self.balancer.failed(record, retry_after)
             wait = self.balancer.retry_wait(
                 error,
                 attempt,
                 idempotent=idempotent,
                 remaining=deadline - time.monotonic(),
-                retry_after=raw.retry_after if raw is not None else None,
+                retry_after=retry_after,
+                alternative=retry_after is not None
+                and self.balancer.has_alternative(self.cache, record),
             )
             if wait is None:
                 if raw is not None:

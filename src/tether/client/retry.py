@@ -5,7 +5,10 @@ or the failure happened before the request was sent (a refused
 connection). Waits grow exponentially with "full jitter" (AWS Architecture
 Blog, "Exponential Backoff and Jitter", 2015), a server's ``Retry-After``
 wins when it is longer, and every attempt fits inside the call's deadline (a
-``Retry-After`` longer than the time left ends the retries at once).
+``Retry-After`` longer than the time left ends the retries at once). A
+discovered connection first ejects the instance that sent ``Retry-After``
+for that long and, when another instance is in rotation, tries it at once
+without the wait (:meth:`tether.client.discovery.Balancer.retry_wait`).
 A retry budget (gRPC's retry throttling, proposal A6: a token bucket that
 failures drain and successes refill) stops retries from multiplying load on
 a service that is failing for everyone.
@@ -98,7 +101,8 @@ class RetryPolicy:
         idempotent methods. Never past ``max_attempts``, the budget or the
         deadline (``remaining`` seconds), nor when the server's
         ``retry_after`` (seconds) is longer than the time left: waiting for it
-        would spend the deadline, so the answer is returned at once.
+        would spend the deadline, so the answer is returned at once. (Pass
+        None for a retry that need not wait for it: on another instance.)
         """
         if attempt >= self.max_attempts or remaining <= 0:
             return False

@@ -74,22 +74,30 @@ class OutlierEjector:
         self._lock = threading.Lock()
         self._states: dict[Hashable, _State] = {}
 
-    def record_failure(self, candidate: object) -> float:
+    def record_failure(self, candidate: object, *, at_least: float | None = None) -> float:
         """Record a failed call (connection refused, 503, ...) and eject ``candidate``.
 
+        ``at_least``: seconds it stays out at the least, whatever its count of
+        failures (a server's ``Retry-After``: it asked to be left alone that
+        long), ``max_seconds`` notwithstanding.
+
         Returns the seconds it stays ejected. Failures while it is already
-        ejected (calls that were in flight) do not lengthen the ejection.
+        ejected (calls that were in flight) do not lengthen the ejection,
+        but for ``at_least``.
         """
         key = candidate_key(candidate)
         now = self._clock()
+        least = at_least or 0.0
         with self._lock:
             state = self._states.setdefault(key, _State())
             if state.until > now:
+                state.until = max(state.until, now + least)
                 return state.until - now
             state.failures += 1
             period = min(
                 self.max_seconds, self.base_seconds * self.multiplier ** (state.failures - 1)
             )
+            period = max(period, least)
             state.until = now + period
             return period
 

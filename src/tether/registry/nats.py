@@ -98,13 +98,16 @@ def _backend_errors() -> Iterator[None]:
 
 
 class _Updates:
-    """Messages of one watch's subscription, queued for the watch to read.
+    """Messages of one watch's subscription, queued for the watch to read, and
+    the revision it last applied per live key (``revisions``: keys whose
+    entry is gone are dropped, so it holds no more than the live instances).
 
     ``None`` in the queue means: stop (the registry is closing)."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self.subscription: Subscription | None = None
+        self.revisions: dict[str, int] = {}
 
     async def put(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
@@ -423,9 +426,13 @@ class NatsRegistry(Registry):
                 if not synced:
                     synced = True
                     yield RegistryEvent(kind="synced")
-                revisions = {key: revision for key, (revision, _) in snapshot.items()}
+                # A key at the snapshot's own sequence needs no entry: that is
+                # the default its messages are compared with.
+                updates.revisions = {
+                    key: revision for key, (revision, _) in snapshot.items() if revision != sequence
+                }
                 async with contextlib.aclosing(
-                    self._follow(updates, client, reconnects, view, sequence, revisions)
+                    self._follow(updates, client, reconnects, view, sequence)
                 ) as events:
                     async for event in events:
                         yield event
@@ -440,15 +447,15 @@ class NatsRegistry(Registry):
         reconnects: int,
         view: WatchView,
         sequence: int,
-        revisions: dict[str, int],
     ) -> AsyncGenerator[RegistryEvent, None]:
-        """Changes after a snapshot taken at stream ``sequence`` (``revisions``:
-        the revision each key had in it). A message no newer than what the
-        snapshot saw of its key is skipped. Ends when the registry closes or
-        the connection reconnected since the subscription (``reconnects``:
-        the count then), as the subscription may have lost messages; the
-        caller then resyncs."""
+        """Changes after a snapshot taken at stream ``sequence`` (``updates.revisions``:
+        the revision each key had in it, where newer than ``sequence``). A
+        message no newer than what the snapshot saw of its key is skipped.
+        Ends when the registry closes or the connection reconnected since the
+        subscription (``reconnects``: the count then), as the subscription may
+        have lost messages; the caller then resyncs."""
         prefix = f"$KV.{self.bucket}."
+        revisions = updates.revisions
         while True:
             try:
                 msg = await asyncio.wait_for(updates.queue.get(), _RECONNECT_CHECK)
@@ -462,8 +469,14 @@ class NatsRegistry(Registry):
             revision = int(msg.metadata.sequence.stream)
             if revision <= revisions.get(key, sequence):
                 continue  # the snapshot already reflects it
-            revisions[key] = revision
             record = self._record_of(key, msg)
+            if record is None:
+                # Gone: forget the key, or every instance that ever came and
+                # went would stay in here. Messages arrive in stream order, so
+                # any later one for it is newer than ``sequence`` anyway.
+                revisions.pop(key, None)
+            else:
+                revisions[key] = revision
             change = view.remove(key) if record is None else view.upsert(record)
             if change is not None:
                 yield change

@@ -31,10 +31,13 @@ def local_host(host: str) -> str:
 async def answers_healthz(host: str, port: int, *, tls: bool) -> bool:
     """True when ``GET /healthz`` on ``host:port`` answers 200.
 
-    With ``tls``, the certificate is not checked (this is our own server,
-    probed for liveness only), and a server that ends the exchange once TLS
-    is under way (it wants a client certificate: mutual TLS) counts as
-    serving, since it accepted the connection and speaks TLS.
+    One probe takes at most 2 seconds (connecting, the TLS handshake and the
+    status line together); one that runs out of them, or cannot connect, is
+    False, never an error. With ``tls``, the certificate is not checked
+    (this is our own server, probed for liveness only), and a server that
+    accepted the connection but ends the exchange, or does not answer within
+    the 2 seconds, once TLS is under way (it wants a client certificate:
+    mutual TLS) counts as serving, since it accepted the connection.
     """
     context: ssl.SSLContext | None = None
     if tls:

@@ -3,9 +3,11 @@
 aiohttp sustains about 24 times the concurrent call rate of
 ``httpx.AsyncClient`` (DESIGN.md, "Library choices"). The session is made
 lazily inside the running event loop, which the transport then belongs to.
-Opening a connection gets at most ``connect_timeout`` of a call's deadline,
-as in :mod:`tether.transports.http_sync`: a host that drops the packets is
-then :class:`~tether.errors.Unavailable` with ``sent`` False.
+Given a ``connect_timeout``, opening a connection gets at most that much of
+a call's deadline, as in :mod:`tether.transports.http_sync`: a host that
+drops the packets is then :class:`~tether.errors.Unavailable` with ``sent``
+False; without one (or with less of the deadline left) the deadline bounds
+it, and running out of it is :class:`~tether.errors.DeadlineExceeded`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import aiohttp
 
 from tether.errors import DeadlineExceeded, Unavailable
 from tether.transports.base import RawResponse, retry_after_seconds
-from tether.transports.http_sync import DEFAULT_CONNECT_TIMEOUT
+from tether.transports.http_sync import check_connect_timeout
 
 
 class AsyncHTTPTransport:
@@ -29,11 +31,14 @@ class AsyncHTTPTransport:
         ssl_context: for ``https``; default the system's trust store.
         max_connections: connections open at once to this URL.
         connect_timeout: seconds a new connection may take, TCP and TLS
-            handshakes included (default 2; never more than the call's
-            deadline); slower is ``Unavailable`` with ``sent`` False.
+            handshakes included; slower is ``Unavailable`` with ``sent``
+            False (and ``connect_timeout`` True). Default None: no limit but
+            the call's deadline. When less of the deadline is left, the
+            deadline bounds the connection and ending it is ``DeadlineExceeded``.
 
     Raises:
-        ValueError: not an http(s) URL, or ``connect_timeout`` is not > 0.
+        ValueError: not an http(s) URL, or ``connect_timeout`` is not
+            positive, finite seconds.
     """
 
     def __init__(
@@ -42,15 +47,15 @@ class AsyncHTTPTransport:
         *,
         ssl_context: ssl.SSLContext | None = None,
         max_connections: int = 100,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an http(s) URL: {url!r}")
-        if not connect_timeout > 0:
-            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
-        self.connect_timeout = connect_timeout
-        # The whole call is bounded by asyncio.timeout; aiohttp bounds the connect.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
+        self.connect_timeout = check_connect_timeout(connect_timeout)
+        # The whole call is bounded by asyncio.timeout; aiohttp bounds the
+        # connect when the cap is shorter than what is left of the deadline.
+        self._uncapped = aiohttp.ClientTimeout(total=None)
+        self._capped = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout)
         self.url = url.rstrip("/")
         self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._limit = max_connections
@@ -64,7 +69,7 @@ class AsyncHTTPTransport:
         loop = asyncio.get_running_loop()
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=self._uncapped)
             self._loop = loop
         elif loop is not self._loop:
             raise RuntimeError(
@@ -96,17 +101,16 @@ class AsyncHTTPTransport:
             Unavailable: connection refused, not made within
                 ``connect_timeout`` (both with ``details["sent"]`` False), or
                 reset or closed mid-call.
-            DeadlineExceeded: no complete answer within ``timeout`` seconds.
+            DeadlineExceeded: no complete answer within ``timeout`` seconds
+                (a connection not made within them included).
         """
         session = self._get_session()
         url = self.url + path
         fields = dict(headers)
-        # The session's connect timeout, or a shorter one when less time is left.
-        limits = (
-            self._timeout
-            if timeout >= self.connect_timeout
-            else aiohttp.ClientTimeout(total=None, sock_connect=max(timeout, 0.001))
-        )
+        # The connect cap, unless the deadline comes first: then it is the
+        # deadline that ends a slow connect (DeadlineExceeded, not Unavailable).
+        cap = self.connect_timeout
+        limits = self._capped if cap is not None and cap < timeout else self._uncapped
         try:
             async with asyncio.timeout(timeout):
                 retry = idempotent
@@ -132,8 +136,7 @@ class AsyncHTTPTransport:
                         retry = False  # once, on a new connection
         except aiohttp.ConnectionTimeoutError:  # a TimeoutError too: caught first
             raise Unavailable(
-                f"cannot connect to {self.url}: no connection within "
-                f"{min(timeout, self.connect_timeout):.3f} s",
+                f"cannot connect to {self.url}: no connection within {cap or timeout:.3f} s",
                 {"sent": False, "connect_timeout": True},
             ) from None
         except TimeoutError:

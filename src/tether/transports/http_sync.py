@@ -11,15 +11,19 @@ It speaks enough HTTP/1.1 for any server: ``content-length`` and chunked
 responses, bodies read to EOF, ``connection: close``, HTTP/1.0 answers and
 interim 1xx responses. A pooled connection is checked for a close by the
 server (a zero-timeout poll) before it is reused, and ``timeout`` bounds the
-whole exchange, not each socket operation. Opening a connection (TCP and TLS
-handshakes) gets at most ``connect_timeout`` of it: a host that drops the
-packets is then :class:`~tether.errors.Unavailable` with ``sent`` False, a
-failure before sending that a caller may retry elsewhere, not a deadline
-spent on one dead address.
+whole exchange, not each socket operation. Given a ``connect_timeout``,
+opening a connection (TCP and TLS handshakes) gets at most that much of it:
+a host that drops the packets is then :class:`~tether.errors.Unavailable`
+with ``sent`` False, a failure before sending that a caller may retry
+elsewhere (a discovered connection does), not a deadline spent on one dead
+address. Without one, or when less of the deadline is left, the connection
+may take what is left of the deadline, and running out of it is
+:class:`~tether.errors.DeadlineExceeded`.
 """
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import ssl
@@ -32,7 +36,7 @@ from tether.errors import DeadlineExceeded, Unavailable
 from tether.transports.base import RawResponse, retry_after_seconds
 
 DEFAULT_CONNECT_TIMEOUT = 2.0
-"""Seconds a new connection may take (TCP and TLS handshakes) by default."""
+"""Seconds a new connection to a discovered instance may take (TCP and TLS handshakes)."""
 
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 _MAX_HEADERS = 100
@@ -80,11 +84,14 @@ class SyncHTTPTransport:
             is enough).
         idle_timeout: seconds after which an idle connection is not reused.
         connect_timeout: seconds a new connection may take, TCP and TLS
-            handshakes included (default 2; never more than the call's
-            deadline); slower is ``Unavailable`` with ``sent`` False.
+            handshakes included; slower is ``Unavailable`` with ``sent``
+            False (and ``connect_timeout`` True). Default None: no limit but
+            the call's deadline. When less of the deadline is left, the
+            deadline bounds the connection and ending it is ``DeadlineExceeded``.
 
     Raises:
-        ValueError: not an http(s) URL, or ``connect_timeout`` is not > 0.
+        ValueError: not an http(s) URL, or ``connect_timeout`` is not
+            positive, finite seconds.
     """
 
     def __init__(
@@ -94,14 +101,12 @@ class SyncHTTPTransport:
         ssl_context: ssl.SSLContext | None = None,
         max_idle: int = 16,
         idle_timeout: float = 30.0,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        if not connect_timeout > 0:
-            raise ValueError(f"connect_timeout must be > 0 seconds, got {connect_timeout!r}")
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = check_connect_timeout(connect_timeout)
         self.url = url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -140,21 +145,28 @@ class SyncHTTPTransport:
         """A new connection within ``connect_timeout`` (and ``remaining`` seconds).
 
         Raises:
-            Unavailable: it took too long (``sent`` False).
+            Unavailable: it took longer than ``connect_timeout`` (``sent`` False).
+            TimeoutError: ``remaining`` ran out first (the deadline's doing).
             OSError: refused, unreachable, or the TLS handshake failed.
         """
-        timeout = min(remaining, self.connect_timeout)
+        cap = self.connect_timeout
+        timeout = remaining if cap is None else min(cap, remaining)
+        capped = timeout < remaining  # else the deadline, not the cap, bounds it
         try:
             sock = socket.create_connection((self._host, self._port), timeout)
         except TimeoutError:
-            raise self._connect_timed_out(timeout) from None
+            if capped:
+                raise self._connect_timed_out(timeout) from None
+            raise
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
         except TimeoutError:
             sock.close()
-            raise self._connect_timed_out(timeout) from None
+            if capped:
+                raise self._connect_timed_out(timeout) from None
+            raise
         except BaseException:
             sock.close()
             raise
@@ -213,7 +225,8 @@ class SyncHTTPTransport:
             Unavailable: connection refused, not made within
                 ``connect_timeout`` (both with ``details["sent"]`` False), or
                 reset or closed mid-call.
-            DeadlineExceeded: no complete answer within ``timeout`` seconds.
+            DeadlineExceeded: no complete answer within ``timeout`` seconds
+                (a connection not made within them included).
             ValueError: a header name or value that cannot go on the wire.
         """
         if self._closed:
@@ -289,6 +302,19 @@ class SyncHTTPTransport:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def check_connect_timeout(connect_timeout: float | None) -> float | None:
+    """Return ``connect_timeout`` if it is None or usable seconds.
+
+    Raises:
+        ValueError: it is zero, negative, NaN or infinite.
+    """
+    if connect_timeout is not None and not (connect_timeout > 0 and math.isfinite(connect_timeout)):
+        raise ValueError(
+            f"connect_timeout must be positive, finite seconds, got {connect_timeout!r}"
+        )
+    return connect_timeout
 
 
 def _encode(line: bytes, verb: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
