@@ -1,9 +1,10 @@
 """The App the jobs tests serve and run workers for (its store: ``TETHER_JOB_STORE_URL``).
 
 The ``work`` handler leaves traces in ``marker`` (a directory) so tests can see
-what really ran: ``{id}.{attempt}.start`` and ``{id}.{attempt}.end`` per run, and
-``{id}.OVERLAP`` when two runs of one job ever held its lock at once (an
-``flock``, which the kernel drops when a process dies).
+what really ran: ``{id}.{attempt}.start`` and ``{id}.{attempt}.end`` per run
+(``end``: it ran to its end), ``{id}.{attempt}.exit`` when a run returns or
+raises, and ``{id}.OVERLAP`` when two runs of one job ever held its lock at once
+(an ``flock``, which the kernel drops when a process dies).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ from tether.jobs import JobCancelled, JobContext
 
 class Work(BaseModel):
     seconds: float = 0.0
+    #: Seconds of the attempts after the first (default: ``seconds``).
+    later_seconds: float | None = None
+    #: Run on (past ``seconds``) until this file exists.
+    until: str | None = None
     marker: str | None = None
     fail_times: int = 0
     bad_result: bool = False
@@ -40,8 +45,13 @@ def _touch(marker: str | None, name: str) -> None:
 
 
 def work(parameters: Work, ctx: JobContext) -> Done:
-    """Sleep ``seconds`` in small steps, reporting progress; stop when cancelled."""
+    """Sleep ``seconds`` in small steps (and until ``until`` exists), reporting progress;
+    stop when cancelled."""
     marker = parameters.marker
+    seconds = parameters.seconds
+    if ctx.attempt > 1 and parameters.later_seconds is not None:
+        seconds = parameters.later_seconds
+    until = Path(parameters.until) if parameters.until else None
     lock = None
     if marker is not None:
         lock = open(Path(marker, f"{ctx.id}.lock"), "w")
@@ -52,20 +62,24 @@ def work(parameters: Work, ctx: JobContext) -> Done:
     _touch(marker, f"{ctx.id}.{ctx.attempt}.start")
     try:
         started = time.monotonic()
-        while (elapsed := time.monotonic() - started) < parameters.seconds:
+        while (elapsed := time.monotonic() - started) < seconds or (
+            until is not None and not until.exists()
+        ):
             if ctx.cancelled and not parameters.ignore_cancel:
                 raise JobCancelled()
-            ctx.progress(min(elapsed / parameters.seconds, 1.0), f"{elapsed:.1f} s")
-            time.sleep(min(0.05, parameters.seconds - elapsed))
+            fraction = min(elapsed / seconds, 1.0) if seconds else 0.5
+            ctx.progress(fraction, f"{elapsed:.1f} s")
+            time.sleep(0.05 if until is not None else min(0.05, seconds - elapsed))
         if ctx.attempt <= parameters.fail_times:
             raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")
         _touch(marker, f"{ctx.id}.{ctx.attempt}.end")
     finally:
         if lock is not None:
             lock.close()
+        _touch(marker, f"{ctx.id}.{ctx.attempt}.exit")
     if parameters.bad_result:
         return {"slept": "a while"}  # type: ignore[return-value]
-    return Done(slept=parameters.seconds, attempt=ctx.attempt)
+    return Done(slept=seconds, attempt=ctx.attempt)
 
 
 class Nap(BaseModel):

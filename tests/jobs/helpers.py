@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -167,6 +170,85 @@ class HTTPSServerProcess(ServerProcess):
         except OSError:
             return False
         return status == 200
+
+
+class Partition:
+    """A TCP forwarder from a loopback port of its own to ``127.0.0.1:target``, to cut a
+    client off its server for real: :meth:`hang` keeps every connection open but lets
+    no byte through any more (a network split, or a hung server: requests get no
+    answer), :meth:`refuse` closes the connections and the port (connections refused).
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._hung = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hang(self) -> None:
+        """From now on nothing passes, either way; new connections are accepted, not served."""
+        self._hung.set()
+
+    def refuse(self) -> None:
+        """Close every connection and the listening port."""
+        self._hung.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+            sock.close()
+
+    close = refuse
+
+    def _keep(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._listener not in self._sockets:  # refused meanwhile
+                sock.close()
+                return False
+            self._sockets.append(sock)
+            return True
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:  # closed
+                return
+            if not self._keep(client) or self._hung.is_set():
+                continue  # a hung server accepts and never answers
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            if not self._keep(upstream):
+                continue
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                break
+            if self._hung.is_set():
+                continue  # swallowed
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+        if not self._hung.is_set():
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)  # pass the end of the stream on
 
 
 SIGTERM = signal.SIGTERM

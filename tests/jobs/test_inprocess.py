@@ -358,15 +358,34 @@ def test_retries_back_off_exponentially(store: str) -> None:
         {"backoff": float("nan")},
         {"timeout": 0},
         {"queue": ""},
+        {"scopes": "admin"},  # a string would be the scopes a, d, m, i, n
+        {"scopes": ["admin", ""]},
     ],
 )
 def test_job_options_are_checked_at_registration(options: dict[str, Any]) -> None:
     app = tether.App(job_store="memory://")
     with pytest.raises(ValueError):
         app.job("checked", **options)(_plain)
+    with pytest.raises(ValueError):
+        app.register_job_type(
+            "checked",
+            parameters_schema={"type": "object"},
+            result_schema={"type": "object"},
+            **options,
+        )
     assert "checked" not in app.jobs.types
     with pytest.raises(ValueError):
         JobOptions(scopes="jobs.submit")  # type: ignore[arg-type]
+
+
+def test_job_type_scopes_are_kept_as_names() -> None:
+    app = tether.App(job_store="memory://")
+    app.job("listed", scopes=["admin", "payroll.run"])(_plain)
+    app.register_job_type(
+        "raw", parameters_schema={"type": "object"}, result_schema={"type": "object"}, scopes=("x",)
+    )
+    assert app.jobs.types.get("listed").options.scopes == ("admin", "payroll.run")
+    assert app.jobs.types.get("raw").options.scopes == ("x",)
 
 
 class Overlap:

@@ -4,14 +4,21 @@ running job, SIGTERM loses nothing."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.servers import ServerProcess
-from tests.jobs.helpers import APP, WorkerProcess, http, job_state, submit, wait_for
+import pytest
+
+import tether
+from tests.apps.jobs import make_app
+from tests.fixtures.servers import ROOT, ServerProcess
+from tests.jobs.helpers import APP, Partition, WorkerProcess, http, job_state, submit, wait_for
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -246,12 +253,13 @@ def test_an_http_worker_records_a_result_once_its_server_is_back(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
     """The server goes down while a job runs: the worker retries the completion (within
-    the lease) until a server answers again."""
+    the lease) until a server answers again. The lease (60 s) leaves room for a stop and
+    a restart on a loaded machine: retrying ends when the lease would."""
     env = {"TETHER_JOB_STORE_URL": jobs_store_url}
     first = ServerProcess(APP, env=env).start()
     try:
         job_id = submit(first, "work", {"seconds": 1.0, "marker": str(marker)}, queue=queue)
-        worker = start_worker("--url", first.url, "--lease", "30")
+        worker = start_worker("--url", first.url, "--lease", "60")
         wait_for(lambda: (marker / f"{job_id}.1.start").exists(), 20, "the run")
         first.stop()
         wait_for(lambda: (marker / f"{job_id}.1.end").exists(), 20, "the handler's end")
@@ -266,3 +274,109 @@ def test_an_http_worker_records_a_result_once_its_server_is_back(
         assert len(list(marker.glob(f"{job_id}.*.start"))) == 1
     finally:
         second.stop()
+
+
+def test_options_a_worker_would_ignore_are_refused(tmp_path: Path) -> None:
+    """HTTP-only options without a URL, and a key without its certificate, are refused
+    rather than dropped; TETHER_TOKEN / TETHER_API_KEY in the environment (meant for
+    other commands) do not stop a worker that goes straight to the store."""
+    app = make_app(f"sqlite:///{tmp_path / 'jobs.db'}")
+    for option in ({"pin_sha256": "ab" * 32}, {"token": "t"}, {"ca": tmp_path / "ca.pem"}):
+        with pytest.raises(ValueError, match="need url="):
+            tether.Worker(app, **option)  # type: ignore[arg-type]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TETHER_")}
+    env["PYTHONPATH"] = str(ROOT)
+    refused = [
+        (["--pin-sha256", "ab" * 32], "need --url"),
+        (["--token", "t"], "need --url"),
+        (["--url", "http://127.0.0.1:1", "--key", str(tmp_path / "k.pem")], "--key needs --cert"),
+        (["--key", str(tmp_path / "k.pem")], "--key needs --cert"),
+    ]
+    for args, message in refused:
+        done = subprocess.run(
+            [sys.executable, "-m", "tether.cli", "worker", APP, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == 2, (args, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+    worker = WorkerProcess(
+        f"sqlite:///{tmp_path / 'jobs.db'}",
+        "q",
+        tmp_path / "worker.log",
+        env={**env, "TETHER_TOKEN": "for-tether-call", "TETHER_API_KEY": "for-tether-call"},
+    ).start()
+    try:
+        worker.started()
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("fault", ["refused", "hung"])
+def test_a_worker_cut_off_from_its_server_stops_its_handler_when_its_lease_ends(
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
+    start_worker: Callable[..., WorkerProcess],
+    fault: str,
+) -> None:
+    """Two workers never run a job at once, even when one loses touch: an HTTP worker whose
+    server refuses connections, or stops answering (a network split; a heartbeat that
+    hangs), cannot renew its lease, so it stops the handler when the lease ends, before
+    the server gives the job to another worker."""
+    partition = Partition(jobs_server.port)
+    try:
+        parameters = {"seconds": 300, "later_seconds": 0.5, "marker": str(marker)}
+        job_id = submit(jobs_server, "work", parameters, queue=queue)
+        cut_off = start_worker("--url", partition.url, "--lease", "6")
+        wait_for(lambda: (marker / f"{job_id}.1.start").exists(), 30, "the first run")
+        if fault == "refused":
+            partition.refuse()
+        else:
+            partition.hang()
+        start_worker("--lease", "6")  # on the store: it gets the job once the lease expired
+        job = finished(jobs_server, job_id, 120)
+    finally:
+        partition.close()
+    assert job["state"] == "succeeded" and job["attempts"] == 2, job
+    assert not (marker / f"{job_id}.1.end").exists()  # the first run was stopped
+    first_exit = (marker / f"{job_id}.1.exit").stat().st_mtime_ns
+    assert first_exit <= (marker / f"{job_id}.2.start").stat().st_mtime_ns
+    assert not list(marker.glob("*.OVERLAP"))
+    output = cut_off.output()
+    assert "no heartbeat got through before its lease ended" in output, output
+
+
+def test_a_sync_handler_that_never_returns_is_given_up_a_lease_past_its_timeout(
+    jobs_server: ServerProcess,
+    queue: str,
+    marker: Path,
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """A sync handler that ignores its timeout keeps its job for one lease more at most:
+    then the attempt fails with deadline_exceeded (an error in the log) while its thread,
+    which Python cannot stop, runs on. A retry claimed by the same worker waits for that
+    thread within its own timeout, and fails without starting."""
+    stuck = {"seconds": 300, "ignore_cancel": True, "marker": str(marker)}
+    # work_timed: timeout 0.5 s, 2 attempts, no backoff.
+    once = submit(jobs_server, "work_timed", stuck, queue=queue, max_attempts=1)
+    twice = submit(jobs_server, "work_timed", stuck, queue=queue)
+    worker = start_worker("--concurrency", "3", "--lease", "2")
+    job = finished(jobs_server, once, 60)
+    assert job["state"] == "failed" and job["attempts"] == 1, job
+    assert job["error"]["code"] == "deadline_exceeded"
+    assert job["error"]["details"] == {"timeout": 0.5, "attempt": 1, "abandoned_after": 2.0}
+    job = finished(jobs_server, twice, 60)
+    assert job["state"] == "failed" and job["attempts"] == 2, job
+    assert job["error"]["code"] == "deadline_exceeded"
+    assert job["error"]["details"] == {"timeout": 0.5, "attempt": 2}
+    for job_id in (once, twice):
+        assert (marker / f"{job_id}.1.start").exists()
+        assert not (marker / f"{job_id}.1.exit").exists()  # the first run's thread goes on
+    assert not (marker / f"{twice}.2.start").exists()  # the retry never started beside it
+    output = worker.output()
+    assert "failing the attempt and leaving the thread" in output, output
+    assert "failing this attempt without starting it" in output, output

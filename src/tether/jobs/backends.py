@@ -53,7 +53,15 @@ class Claimed:
 
 
 class Backend(Protocol):
-    """The operations a worker needs (see the module docstring)."""
+    """The operations a worker needs (see the module docstring).
+
+    Besides the errors each operation names, any of them may raise those of a
+    server or store out of reach: ``tether.Unavailable`` (no connection, a 503),
+    ``tether.DeadlineExceeded`` (no answer in time), ``tether.Internal`` (a
+    500), ``OSError``, ``sqlite3.OperationalError``, ``psycopg.OperationalError``
+    (worth another try), and, over HTTP, ``tether.AuthenticationFailed`` or
+    ``tether.PermissionDenied`` when the server refuses the credentials.
+    """
 
     async def open(self) -> None:
         """Connect."""
@@ -73,8 +81,21 @@ class Backend(Protocol):
         wait: float,
         stop: asyncio.Event,
     ) -> list[Claimed]:
-        """Take up to ``limit`` jobs, waiting up to ``wait`` seconds for some, or until
-        ``stop`` is set; an empty list when none came."""
+        """Take up to ``limit`` jobs, waiting up to ``wait`` seconds for some.
+
+        Once ``stop`` is set it returns what the request in flight brings: at
+        once on the store, after the HTTP long poll in flight answers (at most
+        ``HTTP_CLAIM_CHUNK`` seconds) over HTTP.
+
+        Returns:
+            The jobs claimed, each with its lease token; an empty list when none came.
+
+        Raises:
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials
+                (see the class docstring).
+        """
         ...
 
     async def heartbeat(
@@ -85,10 +106,17 @@ class Backend(Protocol):
         progress: float | None,
         message: str | None,
     ) -> bool:
-        """Renew the lease; True when cancellation was requested.
+        """Renew the lease for ``lease_seconds`` more (and record the progress).
+
+        Returns:
+            True when cancellation was requested.
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials;
+                the lease was not renewed (see the class docstring).
         """
         ...
 
@@ -100,6 +128,10 @@ class Backend(Protocol):
         Raises:
             InvalidResult: the result did not validate (the job failed with processing_error).
             LeaseLost, JobNotFound: the job is no longer this worker's.
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials
+                (see the class docstring).
         """
         ...
 
@@ -120,9 +152,10 @@ class Backend(Protocol):
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
-            tether.Unavailable, tether.DeadlineExceeded, sqlite3.OperationalError,
-                psycopg.OperationalError: the server or store could not be reached
-                (worth another try).
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials
+                (see the class docstring).
         """
         ...
 
@@ -131,6 +164,10 @@ class Backend(Protocol):
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials
+                (see the class docstring).
         """
         ...
 
@@ -140,6 +177,10 @@ class Backend(Protocol):
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
             IllegalTransition: no cancellation was requested.
+            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
+                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
+                server or store could not be reached, or refused the credentials
+                (see the class docstring).
         """
         ...
 
@@ -176,7 +217,8 @@ class StoreBackend:
         wait: float,
         stop: asyncio.Event,
     ) -> list[Claimed]:
-        """See :meth:`Backend.claim`; the claim itself is never interrupted."""
+        """See :meth:`Backend.claim`; a stop ends the wait for work at once (the claim
+        itself is never interrupted)."""
         store = await self.manager.store()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -42,13 +42,19 @@ class JobOptions:
         max_attempts: starts allowed before the job fails for good (an int >= 1).
         backoff: seconds before the first retry; each further retry waits twice
             as long (capped at ``MAX_BACKOFF``); 0 retries at once.
-        timeout: seconds one attempt may run before the worker gives up on it
-            (failing that attempt with ``deadline_exceeded``), or None.
+        timeout: seconds one attempt may run, or None. Past it the attempt fails
+            with ``deadline_exceeded`` (retried while attempts remain): an async
+            handler is cancelled at once; a sync one is asked to stop
+            (``ctx.cancelled``) and its job stays leased until its thread returns,
+            but at most one lease (the worker's ``lease``) longer: then the
+            attempt fails anyway and the thread, which Python cannot stop, is
+            left running (holding its worker slot) while the job may run again.
         priority: default priority of submitted jobs (an int of 32 bits); higher
             runs first.
         queue: default queue of submitted jobs.
         scopes: scopes a caller needs to submit jobs of this type (under an App
-            with auth), on top of those of the ``jobs.submit`` action.
+            with auth), on top of those of the ``jobs.submit`` action. Reading and
+            cancelling its jobs need only ``jobs.read`` and ``jobs.cancel``'s.
     """
 
     max_attempts: int = 3
@@ -80,9 +86,7 @@ class JobOptions:
             raise ValueError(f"priority must be an int of 32 bits, not {self.priority!r}")
         if not isinstance(self.queue, str) or not self.queue:
             raise ValueError("queue must be a non-empty string")
-        if isinstance(self.scopes, str) or not all(isinstance(x, str) and x for x in self.scopes):
-            raise ValueError("scopes must be a sequence of scope names, not a string")
-        object.__setattr__(self, "scopes", tuple(self.scopes))
+        object.__setattr__(self, "scopes", scope_names(self.scopes))
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait before the next start after ``attempts`` failed starts."""
@@ -90,6 +94,21 @@ class JobOptions:
             return 0.0
         exponent = min(max(attempts - 1, 0), 30)
         return min(self.backoff * math.pow(2.0, exponent), MAX_BACKOFF)
+
+
+def scope_names(scopes: Iterable[str]) -> tuple[str, ...]:
+    """``scopes`` (a list, tuple or set of scope names) as a tuple.
+
+    Raises:
+        ValueError: ``scopes`` is a plain string (it would be taken letter by letter:
+            write ``["admin"]``), or holds something other than non-empty strings.
+    """
+    if isinstance(scopes, str | bytes):
+        raise ValueError(f"scopes must be a sequence of scope names, not a string: [{scopes!r}]")
+    names = tuple(scopes)
+    if not all(isinstance(x, str) and x for x in names):
+        raise ValueError(f"scopes must be non-empty strings, not {names!r}")
+    return names
 
 
 def _is_int(value: Any) -> bool:

@@ -22,12 +22,25 @@ or SIGINT stops claiming, lets running jobs finish for ``grace`` seconds, then
 hands back (``release``) those still running, so none is lost; a second
 signal ends the grace at once.
 
-A job never runs twice at once because of this worker: Python cannot stop a
-thread, so a sync handler past its timeout, or asked to stop at shutdown,
-keeps its job's lease (the heartbeats go on) until its thread returns; only
-then is the outcome recorded (``deadline_exceeded`` for a timeout) or the job
-handed back. A third signal gives up on such threads: the worker exits
-without handing their jobs back, and their leases expire (as if killed).
+Leases fence the runs of a job, and only as well as time allows: a worker
+that cannot renew a lease (the server or database out of reach, a heartbeat
+that hangs) takes it as lost when it ends, since another worker may claim the
+job from then on: it cancels an async handler and tells a sync one
+(``ctx.cancelled``, reason ``lease_lost``), and records nothing. A failed
+heartbeat is tried again every ``HEARTBEAT_RETRY`` seconds, each bounded by
+the time the lease has left. Python cannot stop a thread: a sync handler
+that ignores ``ctx.cancelled`` then runs on beside the job's next run.
+
+Otherwise a job never runs twice at once because of this worker: a sync
+handler past its timeout, or asked to stop at shutdown, keeps its job's lease
+(the heartbeats go on) until its thread returns; only then is the outcome
+recorded (``deadline_exceeded`` for a timeout) or the job handed back. Two
+exceptions: a sync handler still running a whole lease past its timeout is
+given up (the attempt fails with ``deadline_exceeded``, logged as an error;
+its thread keeps its slot until it returns), and a third signal gives up on
+every such thread: the worker exits without handing their jobs back, and
+their leases expire (as if killed). A job claimed again while a thread of an
+earlier attempt still runs here waits for that thread, within its timeout.
 Recording an outcome that fails for a passing reason (the server or the
 database unreachable) is retried with backoff while the lease lasts.
 """
@@ -54,7 +67,7 @@ import psycopg
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from tether.errors import ServiceError, StatusCode, TetherError
-from tether.jobs.backends import Backend, Claimed, HTTPBackend, StoreBackend
+from tether.jobs.backends import HTTP_TIMEOUT, Backend, Claimed, HTTPBackend, StoreBackend
 from tether.jobs.context import JobContext
 from tether.jobs.errors import IllegalTransition, JobNotFound, LeaseLost
 from tether.jobs.exceptions import InvalidResult, JobCancelled, JobValidationError
@@ -69,6 +82,8 @@ log = logging.getLogger("tether.jobs.worker")
 
 #: Shortest pause between two heartbeats that carry progress, in seconds.
 MIN_PROGRESS_INTERVAL = 0.25
+#: Seconds before trying again a heartbeat that failed (at most a third of the lease).
+HEARTBEAT_RETRY = 1.0
 #: Seconds before the first retry of recording an outcome; doubled each time up to
 #: ``RECORD_RETRY_MAX``.
 RECORD_RETRY_FIRST = 0.2
@@ -106,7 +121,7 @@ class _Running:
 
 @dataclass(frozen=True)
 class _Outcome:
-    # ok, error, timeout, cancelled, lease_lost, shutdown, abandoned, invalid
+    # ok, error, timeout, overdue, cancelled, lease_lost, shutdown, abandoned, invalid
     kind: str
     value: Any = None
 
@@ -125,7 +140,9 @@ class Worker:
         types: job types to run (default: every type with a handler, or
             ``job_types`` of a subclass).
         concurrency: jobs run at once (sync handlers each take a thread).
-        lease: seconds of each lease; heartbeats renew it every ``lease / 3``.
+        lease: seconds of each lease; heartbeats renew it every ``lease / 3``. A
+            lease that ends unrenewed stops its job's handler; a sync handler
+            running past its timeout is given up a lease later.
         grace: seconds running jobs get to finish after a stop before they are
             handed back.
         timeout: seconds per attempt for job types that set none (None: unlimited).
@@ -216,7 +233,8 @@ class Worker:
                 settings=settings,
             )
         else:
-            if any(v is not None for v in (token, api_key, username, password, cert, ca)):
+            http_only = (token, api_key, username, password, cert, ca, pin_sha256)
+            if any(v is not None for v in http_only):
                 raise ValueError("credentials and TLS options need url= (an HTTP worker)")
             store_url = store or (app.jobs.store_url if app is not None else None)
             # The App's job metrics (if any) count what this worker finishes.
@@ -439,7 +457,7 @@ class Worker:
         slot = [True]  # this job still holds a concurrency slot
         try:
             if outcome is None:
-                outcome = await self._after_earlier_run(running)
+                outcome = await self._after_earlier_run(running, timeout)
             if outcome is None:
                 try:
                     params = (
@@ -468,9 +486,14 @@ class Worker:
             self._running.discard(running)
             self._give_back_slot(slot, inner)
 
-    async def _after_earlier_run(self, running: _Running) -> _Outcome | None:
+    async def _after_earlier_run(self, running: _Running, timeout: float | None) -> _Outcome | None:
         """Wait (holding the new lease) for a thread still running an earlier attempt of
-        the same job, whose lease this worker lost; None once it is gone."""
+        the same job, whose lease this worker lost or gave up; None once it is gone.
+
+        The wait counts against the attempt's ``timeout``: past it the attempt
+        fails (``deadline_exceeded``) without having started, so that a thread
+        that never returns cannot hold the job through every attempt.
+        """
         job_id = running.claimed.job.id
         earlier = self._threads.get(job_id)
         if earlier is None or earlier.done():
@@ -482,14 +505,24 @@ class Worker:
         )
         waiters = [asyncio.ensure_future(e.wait()) for e in (running.lost, running.abandon)]
         try:
-            await asyncio.wait({earlier, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {earlier, *waiters}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for w in waiters:
                 w.cancel()
         if running.lost.is_set():
             return _Outcome("lease_lost")
-        if not earlier.done():
+        if running.abandon.is_set():
             return _Outcome("abandoned")
+        if not earlier.done():
+            log.error(
+                "job %s: the thread of its earlier attempt still runs after this attempt's "
+                "timeout of %s s; failing this attempt without starting it",
+                job_id,
+                timeout,
+            )
+            return _Outcome("timeout", timeout)
         if running.shutdown.is_set():
             return _Outcome("shutdown")  # never started: hand it back
         return None
@@ -552,11 +585,16 @@ class Worker:
         An async handler is cancelled at its timeout, at a cancellation request
         and at shutdown. A sync one is only told (``ctx.cancelled``): its job
         stays leased until its thread returns, so that it never runs twice at
-        once, unless the lease is lost or the worker gives up on it.
+        once, unless the lease is lost, the worker gives up on it (a third
+        signal), or it runs on for a whole lease past its timeout: then the
+        attempt is over (``overdue``: failed with ``deadline_exceeded``) and its
+        thread is left to run.
         """
         assert self._loop is not None
         loop = self._loop
         deadline = None if timeout is None else loop.time() + timeout
+        # How long a sync handler may run past its timeout before its job is given up.
+        overdue = None if deadline is None else deadline + self.lease
         events = {
             "lease_lost": running.lost,
             "shutdown": running.shutdown,
@@ -570,19 +608,30 @@ class Worker:
             while True:
                 if news is None:
                     news = loop.create_task(running.news.wait())
-                left = None if deadline is None or timed_out else max(deadline - loop.time(), 0.0)
+                until = overdue if timed_out else deadline
+                left = None if until is None else max(until - loop.time(), 0.0)
                 done, _ = await asyncio.wait(
                     {inner, news}, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
                 if inner in done:
                     break
+                if news not in done and timed_out:  # a whole lease past the timeout
+                    log.error(
+                        "job %s: its sync handler still runs %.1f s past its timeout of %s s, "
+                        "ignoring ctx.cancelled; failing the attempt and leaving the thread "
+                        "(and its slot) to it: the job may run again elsewhere meanwhile",
+                        running.claimed.job.id,
+                        self.lease,
+                        timeout,
+                    )
+                    return _Outcome("overdue", timeout)
                 if news not in done:  # the timeout
                     timed_out = True
                     running.ctx._cancel("timeout")
                     if running.is_async:
                         await _cancel_and_join(inner, running)
                         return _Outcome("timeout", timeout)
-                    continue  # keep the lease until the thread returns
+                    continue  # keep the lease until the thread returns, or is overdue
                 news = None
                 running.news.clear()
                 fired = {name for name, event in events.items() if event.is_set()} - seen
@@ -637,6 +686,28 @@ class Worker:
                             "code": "deadline_exceeded",
                             "message": f"the attempt ran past its timeout of {outcome.value} s",
                             "details": {"timeout": outcome.value, "attempt": job.attempts},
+                        },
+                        True,
+                    ),
+                )
+            elif outcome.kind == "overdue":
+                await self._persist(
+                    running,
+                    lambda: self.backend.fail(
+                        job.id,
+                        token,
+                        {
+                            "code": "deadline_exceeded",
+                            "message": (
+                                f"the attempt ran past its timeout of {outcome.value} s and its "
+                                f"handler did not return within {self.lease} s more (its thread "
+                                "was left running)"
+                            ),
+                            "details": {
+                                "timeout": outcome.value,
+                                "attempt": job.attempts,
+                                "abandoned_after": self.lease,
+                            },
                         },
                         True,
                     ),
@@ -756,48 +827,98 @@ class Worker:
                     done.set_exception(answer)
 
     async def _heartbeats(self, running: _Running) -> None:
-        """Renew the lease every ``lease / 3`` s, and sooner to carry progress."""
+        """Renew the lease every ``lease / 3`` s, sooner to carry progress, and
+        ``HEARTBEAT_RETRY`` s after a beat that failed.
+
+        Each beat may take until the lease ends (at most ``HTTP_TIMEOUT`` s). Once
+        the lease ends without a renewal (the server or store out of reach, a
+        beat that hangs) another worker may claim the job, so this one takes the
+        lease as lost: it stops the handler (cancels an async one's task, sets
+        ``ctx.cancelled`` with reason ``lease_lost`` for a sync one) and records
+        nothing.
+        """
         ctx, claimed = running.ctx, running.claimed
         wake = ctx._wake
-        assert wake is not None and self._loop is not None
+        loop = self._loop
+        assert wake is not None and loop is not None
         interval = self.lease / 3
-        last = self._loop.time()
+        last = loop.time()
+        pause = interval  # from the last beat to the next one
+        failure: str | None = None
         while True:
+            due = min(last + pause, running.lease_until)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval - (self._loop.time() - last)):
+                async with asyncio.timeout(due - loop.time()):
                     await wake.wait()  # (asyncio.timeout: no task of its own, unlike wait_for)
             wake.clear()
-            gap = self._loop.time() - last
+            gap = loop.time() - last
             if gap < MIN_PROGRESS_INTERVAL:
                 await asyncio.sleep(MIN_PROGRESS_INTERVAL - gap)
+            now = loop.time()
+            left = running.lease_until - now
+            if left <= 0 and failure is not None:
+                self._lease_ended(running, failure)
+                return
             progress = ctx._take_progress()
-            if progress is None and self._loop.time() - last < interval * 0.9:
+            if progress is None and now - last < pause * 0.9:
                 continue  # woken without news (a cancellation of our own): no beat needed
-            last = self._loop.time()
+            last = now
+            # Past the lease without a failure (the loop was held up): one short try, as
+            # a renewal the store accepts proves the lease is still this worker's.
+            bound = min(HTTP_TIMEOUT, left if left > 0 else HEARTBEAT_RETRY)
             try:
-                cancel = await self.backend.heartbeat(
-                    claimed.job.id,
-                    claimed.lease_token,
-                    self.lease,
-                    progress[0] if progress else None,
-                    progress[1] if progress else None,
-                )
+                async with asyncio.timeout(bound):
+                    cancel = await self.backend.heartbeat(
+                        claimed.job.id,
+                        claimed.lease_token,
+                        self.lease,
+                        progress[0] if progress else None,
+                        progress[1] if progress else None,
+                    )
             except (LeaseLost, JobNotFound) as exc:
                 log.warning("job %s: %s", claimed.job.id, exc)
                 ctx._cancel("lease_lost")
                 running.tell(running.lost)
                 return
             except Exception as exc:
-                log.warning("job %s: heartbeat failed (%s); retrying", claimed.job.id, exc)
+                failure = (
+                    f"no answer within {bound:.1f} s"
+                    if isinstance(exc, TimeoutError) and not str(exc)
+                    else f"{type(exc).__name__}: {exc}"
+                )
                 if progress is not None:
                     with ctx._lock:  # keep the news for the next beat
                         if ctx._progress is None:
                             ctx._progress = progress
+                if loop.time() >= running.lease_until:
+                    self._lease_ended(running, failure)
+                    return
+                pause = min(interval, HEARTBEAT_RETRY)
+                log.warning(
+                    "job %s: heartbeat failed (%s); retrying in %.1f s (the lease ends in %.1f s)",
+                    claimed.job.id,
+                    failure,
+                    pause,
+                    running.lease_until - loop.time(),
+                )
                 continue
+            failure = None
+            pause = interval
             running.lease_until = last + self.lease * 0.9
             if cancel and not running.cancel_event.is_set():
                 ctx._cancel("cancel_requested")
                 running.tell(running.cancel_event)
+
+    def _lease_ended(self, running: _Running, failure: str) -> None:
+        """The lease ran out without a renewal: stop the handler, drop the job."""
+        log.error(
+            "job %s: no heartbeat got through before its lease ended (%s); the job may run "
+            "elsewhere now: its handler is asked to stop and its outcome will not be recorded",
+            running.claimed.job.id,
+            failure,
+        )
+        running.ctx._cancel("lease_lost")
+        running.tell(running.lost)
 
 
 def _positional_count(fn: Callable[..., Any]) -> int:
