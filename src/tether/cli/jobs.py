@@ -360,6 +360,7 @@ def load_worker(target: str, **options: Any) -> Worker:
 
 
 def worker(
+    ctx: typer.Context,
     target: Annotated[
         str,
         typer.Argument(
@@ -388,12 +389,23 @@ def worker(
         str | None,
         typer.Option(help="debug, info, warning or error. Default: TETHER_LOG_LEVEL, else info."),
     ] = None,
-    token: Annotated[str | None, typer.Option(help="With --url: an access token to send.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TETHER_TOKEN",
+            show_envvar=True,
+            help="With --url: an access token to send (a command line is visible to ps: "
+            "prefer the environment variable, or 'tether login URL', whose stored "
+            "credentials are used by default).",
+        ),
+    ] = None,
     api_key: Annotated[
         str | None,
         typer.Option(
-            help="With --url: an API key to send (visible to ps: prefer 'tether login URL "
-            "--api-key-stdin', whose stored credentials are used by default)."
+            envvar="TETHER_API_KEY",
+            show_envvar=True,
+            help="With --url: an API key to send, as --token does (or 'tether login URL "
+            "--api-key-stdin').",
         ),
     ] = None,
     ca: Annotated[
@@ -402,7 +414,9 @@ def worker(
     cert: Annotated[
         Path | None, typer.Option(help="With --url: client certificate (PEM) for mutual TLS.")
     ] = None,
-    key: Annotated[Path | None, typer.Option(help="The client certificate's key (PEM).")] = None,
+    key: Annotated[
+        Path | None, typer.Option(help="With --cert: the client certificate's key (PEM).")
+    ] = None,
     pin_sha256: Annotated[
         str | None,
         typer.Option(help="With --url: accept only the server certificate with this SHA-256."),
@@ -412,10 +426,11 @@ def worker(
 
     Straight on the job store (TETHER_JOB_STORE_URL, App(job_store=...), or the SQLite
     file in the state directory) unless --url names a server to work through (with
-    the credentials 'tether login' stored for it, or --token / --api-key, and --ca
-    for a private CA). SIGTERM/SIGINT: stop claiming, let running jobs finish for
-    --grace seconds, then ask them to stop and hand them back (a second signal ends
-    the grace at once; a third exits without waiting for handlers that ignore it).
+    the credentials 'tether login' stored for it, or --token / --api-key (or
+    TETHER_TOKEN, TETHER_API_KEY), and --ca for a private CA). SIGTERM/SIGINT: stop
+    claiming, let running jobs finish for --grace seconds, then ask them to stop and
+    hand them back (a second signal ends the grace at once; a third exits without
+    waiting for handlers that ignore it).
 
     Example: tether worker examples.inventory.app:app --concurrency 4
     """
@@ -427,6 +442,9 @@ def worker(
     )
     sys.path.insert(0, os.getcwd())
     remote: dict[str, Any] = {}
+    if key is not None and cert is None:
+        err.print("[bold red]error[/]: --key needs --cert (the certificate it goes with)")
+        raise typer.Exit(2)
     if url is not None:
         remote = {
             "token": token,
@@ -435,9 +453,24 @@ def worker(
             "cert": (cert, key) if cert and key else cert,
             "pin_sha256": pin_sha256,
         }
-    elif any(v is not None for v in (token, api_key, ca, cert, key, pin_sha256)):
-        err.print("[bold red]error[/]: credentials and TLS options need --url", highlight=False)
-        raise typer.Exit(2)
+    else:
+        # TETHER_TOKEN / TETHER_API_KEY in the environment (for other commands) are
+        # no mistake on a worker that goes straight to the store: only options are.
+        given = [
+            name
+            for name, value in (
+                ("token", token),
+                ("api_key", api_key),
+                ("ca", ca),
+                ("cert", cert),
+                ("key", key),
+                ("pin_sha256", pin_sha256),
+            )
+            if value is not None and not _from_environment(ctx, name)
+        ]
+        if given:
+            err.print("[bold red]error[/]: credentials and TLS options need --url", highlight=False)
+            raise typer.Exit(2)
     try:
         built = load_worker(
             target,
@@ -455,11 +488,19 @@ def worker(
         raise typer.Exit(2) from None
     built.serve()
     if built.abandoned_threads:
-        # Handlers that ignored their stop still run in threads; their jobs were
-        # handed back or failed already, so nothing waits for them.
+        # Handlers that ignored their stop or their timeout still run in threads, and
+        # their jobs are no longer this worker's (failed past their timeout, lost with
+        # their lease, or left to a lease that expires): nothing waits for them.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _from_environment(ctx: typer.Context, name: str) -> bool:
+    """True when option ``name`` took its value from its environment variable."""
+    source = ctx.get_parameter_source(name)
+    # By name: typer ships its own copy of click, whose enum is not click's.
+    return source is not None and source.name == "ENVIRONMENT"
 
 
 def register(app: typer.Typer) -> None:
