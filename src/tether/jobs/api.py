@@ -34,7 +34,12 @@ Under an App with auth, each route is an action whose scopes come from
 ``AuthConfig.scopes``: ``jobs.submit`` (``POST /jobs``, plus the job type's own
 ``scopes``), ``jobs.read`` (list, get, wait, types, validate), ``jobs.cancel``
 and ``jobs.work`` (claim, heartbeat, complete, fail, release, mark-cancelled).
-A missing scope answers 403 ``permission_denied``.
+An action ``AuthConfig.scopes`` leaves out needs the scopes of
+``DEFAULT_ACTION_SCOPES``: ``jobs.work`` the scope ``jobs.work`` (so that not
+every identity may take and finish jobs), the others only an identity. A
+missing scope answers 403 ``permission_denied``. A job type's own scopes guard
+submitting it only: reading and cancelling its jobs take ``jobs.read`` and
+``jobs.cancel``.
 """
 
 from __future__ import annotations
@@ -91,13 +96,16 @@ ACTIONS: dict[str, str] = {
     "release": "jobs.work",
     "mark_cancelled": "jobs.work",
 }
+#: Scopes an action needs when ``AuthConfig.scopes`` does not name it.
+DEFAULT_ACTION_SCOPES: dict[str, tuple[str, ...]] = {"jobs.work": ("jobs.work",)}
 #: Where an App with auth leaves its Authenticator in the request's state
 #: (``tether.auth.authenticator.AUTHENTICATOR_KEY``; without it the App has no auth).
 _AUTHENTICATOR_KEY = "tether.auth"
 
 
 def authorize(request: Request, action: str, extra: Iterable[str] = ()) -> None:
-    """Check that the caller may perform ``action`` (plus the scopes ``extra``);
+    """Check that the caller may perform ``action`` (plus the scopes ``extra``):
+    the scopes ``AuthConfig.scopes`` names for it, else ``DEFAULT_ACTION_SCOPES``'s;
     nothing to check when the App runs without auth.
 
     Raises:
@@ -105,10 +113,13 @@ def authorize(request: Request, action: str, extra: Iterable[str] = ()) -> None:
         tether.PermissionDenied: a required scope is missing (403).
     """
     state = request.scope.get("state") or {}
-    if state.get(_AUTHENTICATOR_KEY) is None:
+    auth = state.get(_AUTHENTICATOR_KEY)
+    if auth is None:
         return
     from tether.auth.authenticator import authorize_request  # loaded only under auth
 
+    if action not in auth.config.scopes:
+        extra = (*extra, *DEFAULT_ACTION_SCOPES.get(action, ()))
     authorize_request(request.scope, action, extra)
 
 
