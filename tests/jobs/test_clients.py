@@ -7,9 +7,11 @@ import asyncio
 import json
 import os
 import pty
+import select
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -147,41 +149,69 @@ def test_the_other_cli_commands(
 
 @pytest.mark.parametrize("jobs_store_url", ["sqlite"], indirect=True)
 def test_jobs_wait_shows_a_progress_bar_on_a_terminal(
-    jobs_server: ServerProcess, queue: str, start_worker: Callable[..., WorkerProcess]
+    jobs_server: ServerProcess,
+    queue: str,
+    start_worker: Callable[..., WorkerProcess],
+    tmp_path: Path,
 ) -> None:
     url = jobs_server.url
     start_worker()
+    go = tmp_path / "go"  # the job runs (reporting progress) until this file exists
     with tether.Client(timeout=10) as client:
         jobs = client.connect(url).jobs
-        handle = jobs.submit("work", {"seconds": 4}, queue=queue)
+        handle = jobs.submit("work", {"seconds": 0.5, "until": str(go)}, queue=queue)
         wait_for(lambda: handle.progress, 30, "progress")
     # stderr on a pseudo-terminal (where the bar goes), stdout on a pipe (the result).
     leader, follower = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "TETHER_URL": url}
     process = subprocess.Popen(
-        [*TETHER, "jobs", "wait", handle.id, "--timeout", "60"],
+        [*TETHER, "jobs", "wait", handle.id, "--timeout", "120"],
         stdout=subprocess.PIPE,
         stderr=follower,
         cwd=ROOT,
         env=env,
     )
     os.close(follower)
+    try:
+        # The bar shows the job running, for as long as it takes the command to start.
+        shown = read_terminal(
+            leader, lambda text: "running" in text and "%" in text, 60, "the bar of a running job"
+        )
+        go.touch()
+        shown += read_terminal(leader, lambda _: False, 60, "the end of the output")
+        assert process.wait(60) == 0
+    finally:
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.stdout is not None
+    assert json.loads(process.stdout.read()) == {"slept": 0.5, "attempt": 1}
+    text = shown.decode(errors="replace")
+    assert f"work {handle.id[-6:]}" in text and "running" in text, text
+    assert "%" in text  # the bar's percentage
+
+
+def read_terminal(fd: int, enough: Callable[[str], bool], timeout: float, what: str) -> bytearray:
+    """Read a pseudo-terminal until ``enough(text so far)`` or until it closes (the
+    process ended); AssertionError after ``timeout`` seconds."""
     shown = bytearray()
-    while True:
+    deadline = time.monotonic() + timeout
+    while not enough(shown.decode(errors="replace")):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}: {shown!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if not ready:
+            continue
         try:
-            chunk = os.read(leader, 4096)
+            chunk = os.read(fd, 4096)
         except OSError:  # the terminal closed with the process
             break
         if not chunk:
             break
         shown += chunk
-    assert process.wait(60) == 0
-    os.close(leader)
-    assert process.stdout is not None
-    assert json.loads(process.stdout.read()) == {"slept": 4, "attempt": 1}
-    text = shown.decode(errors="replace")
-    assert f"work {handle.id[-6:]}" in text and "running" in text, text
-    assert "%" in text  # the bar's percentage
+    return shown
 
 
 def test_the_async_client(

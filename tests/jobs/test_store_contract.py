@@ -57,6 +57,13 @@ async def store(store_url: str) -> AsyncIterator[JobStore]:
         await s.close()
 
 
+async def until_due(store: JobStore, when: datetime, queue: str = "default") -> None:
+    """Wait until ``when`` has passed and the store sees work due on ``queue``."""
+    while datetime.now(UTC) < when:
+        await asyncio.sleep(max((when - datetime.now(UTC)).total_seconds(), 0.01))
+    await store.wait_for_work([queue], 30)
+
+
 async def claim_one(store: JobStore, queue: str = "default", **kw: Any) -> Any:
     claims = await store.claim(
         worker_id="w1", queues=[queue], limit=1, lease_seconds=kw.pop("lease_seconds", LEASE), **kw
@@ -195,8 +202,9 @@ async def test_claim_order_priorities_and_run_at(store: JobStore) -> None:
     first_mid = await store.submit("t", {"n": "mid1"})
     second_mid = await store.submit("t", {"n": "mid2"})
     high = await store.submit("t", {"n": "high"}, priority=10)
+    # Due in 3 s: the claims below come long before (unless the machine stalls that long).
     later = await store.submit(
-        "t", {"n": "later"}, priority=100, run_at=datetime.now(UTC) + timedelta(seconds=0.6)
+        "t", {"n": "later"}, priority=100, run_at=datetime.now(UTC) + timedelta(seconds=3)
     )
     assert later.scheduled_at > later.created_at
 
@@ -204,7 +212,7 @@ async def test_claim_order_priorities_and_run_at(store: JobStore) -> None:
     assert [c.job.id for c in claims] == [high.id, first_mid.id, second_mid.id, low.id]
     assert await store.claim(worker_id="w", queues=["default"], limit=10, lease_seconds=LEASE) == []
 
-    await asyncio.sleep(0.7)
+    await until_due(store, later.scheduled_at)
     claims = await store.claim(worker_id="w", queues=["default"], limit=10, lease_seconds=LEASE)
     assert [c.job.id for c in claims] == [later.id]
 
@@ -387,14 +395,20 @@ async def test_fail_with_and_without_retry(store: JobStore) -> None:
         job.id,
         claim.lease_token,
         {"code": "io", "message": "disk", "details": {"f": 1}},
-        retry_delay=0.5,
+        retry_delay=3,
     )
+    after = datetime.now(UTC)
     assert retried.state is JobState.QUEUED and retried.attempts == 1
     assert retried.error == {"code": "io", "message": "disk", "details": {"f": 1}}
-    delay = (retried.scheduled_at - before).total_seconds()
-    assert 0.3 < delay < 2.5
+    # 3 s after the store's clock read the failure (microseconds, both sides).
+    tick = timedelta(milliseconds=1)
+    assert (
+        before + timedelta(seconds=3) - tick
+        <= retried.scheduled_at
+        <= after + timedelta(seconds=3) + tick
+    )
     assert await store.claim(worker_id="w", queues=["default"], lease_seconds=1) == []
-    await asyncio.sleep(0.6)
+    await until_due(store, retried.scheduled_at)
     second = await claim_one(store)
     assert second.job.attempts == 2
     final = await store.fail(job.id, second.lease_token, {"code": "io"}, retry_delay=0)
