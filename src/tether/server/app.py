@@ -268,6 +268,12 @@ class App:
 
         Args:
             parent: the outer app, which Starlette passes; unused.
+
+        Raises:
+            Exception: whatever a start-up hook raised (a registry or NATS that
+                cannot be reached, say), on entry: the shutdown hooks have then
+                run, as :meth:`startup` says, and the outer app's start-up
+                fails with that error.
         """
         await self.startup()
         try:
@@ -276,23 +282,42 @@ class App:
             await self.shutdown()
 
     async def startup(self) -> None:
-        """Run the start-up hooks once (the ASGI lifespan calls this; so may a host)."""
+        """Run the start-up hooks, in order of registration (the ASGI lifespan calls
+        this; so may a host). Once they all succeeded, a later call does nothing.
+
+        When a hook raises, the App is not started: the shutdown hooks run
+        (in reverse order, their own errors logged) so that what the earlier
+        hooks opened (a NATS connection, a registry, their tasks) is closed
+        again, and the hook's error propagates. A later call then runs the
+        start-up hooks again. Shutdown hooks therefore cope with a start-up
+        that did not happen, as the built-in ones do.
+
+        Raises:
+            Exception: the first error a start-up hook raised.
+        """
         if self._started:
             return
+        try:
+            for fn in self._on_startup:
+                await fn()
+        except BaseException:
+            await self._run_shutdown_hooks()
+            raise
         self._started = True
-        for fn in self._on_startup:
-            await fn()
 
     async def shutdown(self) -> None:
         """Run the shutdown hooks (reverse order), then stop the thread pool."""
         if self._started:
             self._started = False
-            for fn in reversed(self._on_shutdown):
-                try:
-                    await fn()
-                except Exception:
-                    log.exception("shutdown hook %r failed", fn)
+            await self._run_shutdown_hooks()
         self.dispatcher.close()
+
+    async def _run_shutdown_hooks(self) -> None:
+        for fn in reversed(self._on_shutdown):
+            try:
+                await fn()
+            except Exception:
+                log.exception("shutdown hook %r failed", fn)
 
     def health_check(
         self,
