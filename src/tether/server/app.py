@@ -471,19 +471,26 @@ class App:
             name: the job type's name (default: the function's name).
             max_attempts: starts allowed before the job fails for good.
             backoff: seconds before the first retry, doubling for each next one.
-            timeout: seconds one attempt may run, or None.
+            timeout: seconds one attempt may run, or None. Past it the attempt
+                fails with ``deadline_exceeded``: an async handler is cancelled; a
+                sync one is asked to stop (``ctx.cancelled``) and keeps its job's
+                lease until it returns, but one worker lease at most, after which
+                the attempt fails anyway and its thread is left running (see
+                :class:`tether.jobs.JobOptions`).
             priority: default priority (higher runs first).
             queue: default queue.
-            scopes: scopes a caller needs to submit jobs of this type (with
-                auth on), besides ``jobs.submit``'s own.
+            scopes: scope names (a list, not a string) a caller needs to submit
+                jobs of this type (with auth on), besides ``jobs.submit``'s own;
+                reading and cancelling them need ``jobs.read`` and ``jobs.cancel``.
 
         Raises:
             TypeError: missing hints, or types that are not JSON objects.
-            ValueError: bad name or options, or the name is taken.
+            ValueError: bad name or options (``scopes`` a plain string included),
+                or the name is taken.
         """
-        from tether.jobs.types import JobOptions
+        from tether.jobs.types import JobOptions, scope_names
 
-        options = JobOptions(max_attempts, backoff, timeout, priority, queue, tuple(scopes))
+        options = JobOptions(max_attempts, backoff, timeout, priority, queue, scope_names(scopes))
 
         def decorate(fn: F) -> F:
             self.jobs.types.register_function(fn, name=name, options=options)
@@ -519,9 +526,10 @@ class App:
         Raises:
             jsonschema.SchemaError: a schema is not valid JSON Schema.
             TypeError: a schema describes something other than an object.
-            ValueError: bad name or options, or the name is taken.
+            ValueError: bad name or options (``scopes`` a plain string included),
+                or the name is taken.
         """
-        from tether.jobs.types import JobOptions
+        from tether.jobs.types import JobOptions, scope_names
 
         self.jobs.types.register(
             name,
@@ -529,7 +537,9 @@ class App:
             result_schema=result_schema,
             handler=handler,
             doc=doc,
-            options=JobOptions(max_attempts, backoff, timeout, priority, queue, tuple(scopes)),
+            options=JobOptions(
+                max_attempts, backoff, timeout, priority, queue, scope_names(scopes)
+            ),
         )
         self._openapi = self._description = None
 
