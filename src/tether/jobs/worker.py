@@ -155,7 +155,8 @@ class Worker:
             (default: :func:`tether.settings.get_settings`).
 
     Raises:
-        ValueError: nothing to run, bad numbers, or conflicting credentials.
+        ValueError: nothing to run, bad numbers, conflicting credentials, or
+            credentials and TLS options (``pin_sha256`` included) without ``url``.
 
     A store-direct worker without an App (a subclass given ``store=``) cannot
     check results against schemas: it only requires JSON objects. Give it the
