@@ -72,7 +72,9 @@ def make_app(*, clock: Any = None, job_store: str | None = None) -> tether.App:
     per_user, per_address = Limit(5, 60.0), Limit(20, 60.0)
     store = CredentialStore.memory(hasher=fast_hasher())
     store.add_user(
-        "alice", PASSWORD, ["vault.read", "vault.write", "introspect", "extra", "jobs", "metrics"]
+        "alice",
+        PASSWORD,
+        ["vault.read", "vault.write", "introspect", "extra", "jobs", "jobs.work", "metrics"],
     )
     store.add_user("bob", "bob-password-123", ["vault.read"])
     limiter = (

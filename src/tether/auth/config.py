@@ -46,7 +46,11 @@ class AuthConfig:
             by jobs action: ``"jobs.submit"`` (``POST /jobs``), ``"jobs.read"``
             (list, get, wait, types, validate), ``"jobs.cancel"`` and
             ``"jobs.work"`` (claim, heartbeat, complete, fail, release,
-            mark-cancelled). A job type's own ``scopes`` add to ``jobs.submit``'s.
+            mark-cancelled). A jobs action left out needs only an identity,
+            except ``"jobs.work"``, which then needs the scope ``"jobs.work"``
+            (``{"jobs.work": []}`` opens it to any identity). A job type's own
+            ``scopes`` add to ``jobs.submit``'s; they do not guard reading,
+            waiting for or cancelling its jobs.
         route_scopes: scopes required for HTTP routes other than RPC calls, by
             path prefix relative to the App (``{"/rpc": ["introspect"],
             "/jobs": ["jobs"]}``: ``/rpc`` covers ``GET /rpc`` and

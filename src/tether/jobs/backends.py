@@ -302,6 +302,8 @@ class HTTPBackend:
         token, api_key, username, password, cert, ca, pin_sha256: credentials and
             TLS choices, as for ``tether.Client.connect``; none given: the
             credentials file's entry for ``url`` (``tether login``), then the settings.
+            A stored password session that has ended fails with
+            ``AuthenticationFailed`` rather than asking for the password.
         settings: where those defaults come from (default: ``get_settings()``).
 
     Raises:
@@ -340,6 +342,7 @@ class HTTPBackend:
             cert=cert,
             ca=ca,
             pin_sha256=pin_sha256,
+            interactive=False,  # a worker runs unattended: never a password prompt
         )
         self._transport: AsyncHTTPTransport | None = None
 
