@@ -320,10 +320,12 @@ def test_a_connection_lost_mid_call_fails_at_once(
 def test_calls_that_do_not_retry_fail_at_once_while_nats_is_down(
     nats_server_factory: Callable[..., NatsServer], run_async: RunAsync[Any]
 ) -> None:
-    """While the connection to NATS is down, a call that will not be retried (not
-    idempotent, or on a transport made with ``retry_idempotent=False``, as a
-    discovered connection's is) is Unavailable at once, never sent, instead of
-    waiting out its deadline for the connection; an idempotent call waits for it."""
+    """While the connection to NATS is down, a call that is not idempotent is
+    Unavailable at once, never sent, instead of waiting out its deadline; an
+    idempotent call waits for the connection within its deadline, even on a
+    transport made with ``retry_idempotent=False`` (a discovered connection's:
+    every relay instance is behind the same connection, so failing over to
+    another would not help)."""
     server = nats_server_factory(jetstream=False)
     with RelayProcess("tests.apps.relayed:app", server.url) as relay:
         links = NatsLinks()
@@ -338,12 +340,13 @@ def test_calls_that_do_not_retry_fail_at_once_while_nats_is_down(
 
         async def down_calls() -> list[BaseException]:
             errors: list[BaseException] = []
-            for transport, idempotent in ((retrying, False), (balanced, True)):
+            calls = ((retrying, False, 60.0), (balanced, False, 60.0), (balanced, True, 1.0))
+            for transport, idempotent, deadline in calls:
                 try:
                     # Long deadlines, bounded below: waiting them out fails the test.
                     async with asyncio.timeout(15):
                         await transport.send(
-                            "whoami", "echo", b'{"n": 2}', {}, 60.0, idempotent=idempotent
+                            "whoami", "echo", b'{"n": 2}', {}, deadline, idempotent=idempotent
                         )
                 except BaseException as exc:  # collected for the asserts
                     errors.append(exc)
@@ -354,8 +357,15 @@ def test_calls_that_do_not_retry_fail_at_once_while_nats_is_down(
             assert isinstance(error, tether.Unavailable), error
             assert error.details == {"sent": False}
             assert "is down" in error.message
-        assert len(errors) == 2
-        server.start()
+        assert len(errors) == 3
+        restart = threading.Timer(1.0, server.start)
+        restart.start()
+        try:  # idempotent: waits for the connection, then one attempt, no retries
+            raw = run_async(balanced.send("whoami", "echo", b'{"n": 4}', {}, 30.0, idempotent=True))
+            assert raw.status == 200
+        except tether.Unavailable as exc:  # connected before the relay had subscribed again
+            assert "no instance serves" in exc.message, exc
+        restart.join()
         raw = run_async(retrying.send("whoami", "echo", b'{"n": 3}', {}, 30.0, idempotent=True))
         assert raw.status == 200  # idempotent and retrying: waited for the reconnection
         run_async(retrying.close())

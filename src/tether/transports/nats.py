@@ -16,7 +16,10 @@ their deadline when no instance answers (``no responders``), when the
 connection is down, or when it broke during the call; other calls fail at
 once (``details["sent"]`` False while the connection is down: not sent).
 A transport made with ``retry_idempotent=False`` (a discovered connection's,
-whose balancer retries on another instance) fails at once in every case.
+whose balancer retries on another instance) fails at once when no instance
+answers or the connection breaks during a call; an idempotent call still
+waits, within its deadline, for a connection that is down, since every
+relay instance is behind the same connection.
 """
 
 from __future__ import annotations
@@ -297,8 +300,9 @@ class AsyncNatsTransport:
             timeout: seconds for the whole exchange, retries included.
             idempotent: retry when no instance answers, the connection is down
                 or NATS drops it during the call, until ``timeout`` (unless
-                the transport was made with ``retry_idempotent=False``).
-                Without retries, a call made while the connection is down
+                the transport was made with ``retry_idempotent=False``, which
+                keeps only the wait for a connection that is down). A call
+                that is not idempotent, made while the connection is down,
                 fails at once (``sent`` False) rather than waiting for it.
 
         Returns:
@@ -328,7 +332,10 @@ class AsyncNatsTransport:
                     f"no answer from {self._target(service, method)} within {timeout:.3f} s"
                 )
             try:
-                msg = await self._attempt(service, method, body, headers, remaining, retry)
+                # An idempotent call waits for a connection that is down even
+                # without retries: every instance is behind the same link, so
+                # failing over to another relay instance would not help.
+                msg = await self._attempt(service, method, body, headers, remaining, idempotent)
                 return _raw(msg)
             except _Retryable as failure:
                 if not retry or deadline - loop.time() <= pause:
@@ -347,7 +354,7 @@ class AsyncNatsTransport:
         retry: bool,
     ) -> Msg:
         """One request; raises _Retryable for a failure an idempotent call may retry
-        (``retry``: this call will, so it may wait for a connection that is down)."""
+        (``retry``: the call is idempotent, so it may wait for a connection that is down)."""
         subject = f"{self._prefix}.{service}.{method}"
         try:
             async with asyncio.timeout(remaining):
