@@ -131,6 +131,19 @@ class Settings(BaseSettings):
         # sqlite:/// + an absolute path is understood by the registry and the job store alike.
         return self.state_dir.expanduser().absolute()
 
+    def require_url(self) -> str:
+        """``url``, the default Tether server (``TETHER_URL``).
+
+        Raises:
+            ValueError: none is set (the message says how to set one).
+        """
+        if not self.url:
+            raise ValueError(
+                "no default Tether server: set TETHER_URL (or url in tether.toml, or "
+                "Settings(url=...)), or use client.connect(url).jobs"
+            )
+        return self.url
+
     @property
     def effective_credentials_path(self) -> Path:
         """``credentials_path``, or ``credentials.json`` in the state directory."""

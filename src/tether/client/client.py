@@ -73,6 +73,7 @@ class Client:
         self._connections: list[Connection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
         self._nats_links: NatsLinks | None = None  # made by the first relay()
+        self._jobs: JobsClient | None = None  # made by the first use of .jobs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -392,9 +393,9 @@ class Client:
                 or it is not an http(s) URL.
             RuntimeError: the client is closed.
         """
-        from tether.jobs.client import default_jobs
-
-        return default_jobs(self)
+        if self._jobs is None:
+            self._jobs = self.connect(self.settings.require_url()).jobs
+        return self._jobs
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         """This client's event loop, running in its own thread (started on first use)."""
@@ -463,6 +464,7 @@ class AsyncClient:
         self._connections: list[AsyncConnection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
         self._nats_links: NatsLinks | None = None  # made by the first relay()
+        self._jobs: AsyncJobsClient | None = None  # made by the first use of .jobs
         self._closed = False
 
     def __repr__(self) -> str:
@@ -679,9 +681,9 @@ class AsyncClient:
             ValueError: no default URL is set (the message names ``TETHER_URL``).
             RuntimeError: the client is closed.
         """
-        from tether.jobs.client import default_async_jobs
-
-        return default_async_jobs(self)
+        if self._jobs is None:
+            self._jobs = self.connect(self.settings.require_url()).jobs
+        return self._jobs
 
     async def close(self) -> None:
         """Close every connection this client made; idempotent."""

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.codec import Codec, decode_any
-from tether.errors import TetherError, error_from_envelope
-from tether.jobs.errors import IllegalTransition, JobNotFound, LeaseLost
+from tether.errors import StatusCode, TetherError, error_from_envelope
+from tether.jobs.errors import IllegalTransition, JobNotFound, JobStoreError, LeaseLost
 from tether.jobs.exceptions import InvalidResult
 from tether.jobs.manager import JobManager
 from tether.jobs.model import Job
@@ -43,6 +43,25 @@ HTTP_TIMEOUT = 30.0
 HTTP_CLAIM_CHUNK = 2.0
 
 
+_PASSING_CODES = frozenset(
+    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.INTERNAL}
+)
+
+
+def passing_error(
+    exc: BaseException, transient: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+) -> bool:
+    """True for an error that may pass: a server or store out of reach, a timeout, a
+    lock held a moment (``transient``: the store's own such errors), a server
+    answering 500 or 503; False for a definite answer (the job store's errors, an
+    invalid result, any other ``TetherError``)."""
+    if isinstance(exc, JobStoreError | InvalidResult):
+        return False
+    if isinstance(exc, TetherError):
+        return exc.code in _PASSING_CODES
+    return isinstance(exc, transient)
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A job a worker holds: the job, its lease token, and its per-attempt timeout (s)."""
@@ -55,13 +74,19 @@ class Claimed:
 class Backend(Protocol):
     """The operations a worker needs (see the module docstring).
 
-    Besides the errors each operation names, any of them may raise those of a
-    server or store out of reach: ``tether.Unavailable`` (no connection, a 503),
-    ``tether.DeadlineExceeded`` (no answer in time), ``tether.Internal`` (a
-    500), ``OSError``, ``sqlite3.OperationalError``, ``psycopg.OperationalError``
-    (worth another try), and, over HTTP, ``tether.AuthenticationFailed`` or
-    ``tether.PermissionDenied`` when the server refuses the credentials.
+    Besides the errors each operation names, any of them may raise *passing*
+    errors, those of a server or store out of reach, worth another try
+    (:meth:`is_passing` tells them): ``tether.Unavailable`` (no connection, a
+    503), ``tether.DeadlineExceeded`` (no answer in time), a ``TetherError``
+    with code ``internal`` (a 500), ``OSError``, the store's own
+    (``sqlite3.OperationalError``, ``psycopg.OperationalError``); and, over
+    HTTP, ``tether.AuthenticationFailed`` or ``tether.PermissionDenied`` when
+    the server refuses the credentials.
     """
+
+    def is_passing(self, exc: BaseException) -> bool:
+        """True when ``exc``, raised by an operation, may pass (see above)."""
+        ...
 
     async def open(self) -> None:
         """Connect."""
@@ -91,10 +116,7 @@ class Backend(Protocol):
             The jobs claimed, each with its lease token; an empty list when none came.
 
         Raises:
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials
-                (see the class docstring).
+            The passing errors and credential refusals of the class docstring.
         """
         ...
 
@@ -113,10 +135,8 @@ class Backend(Protocol):
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials;
-                the lease was not renewed (see the class docstring).
+            The passing errors and credential refusals of the class docstring
+                (the lease was not renewed).
         """
         ...
 
@@ -128,10 +148,7 @@ class Backend(Protocol):
         Raises:
             InvalidResult: the result did not validate (the job failed with processing_error).
             LeaseLost, JobNotFound: the job is no longer this worker's.
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials
-                (see the class docstring).
+            The passing errors and credential refusals of the class docstring.
         """
         ...
 
@@ -152,10 +169,7 @@ class Backend(Protocol):
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials
-                (see the class docstring).
+            The passing errors and credential refusals of the class docstring.
         """
         ...
 
@@ -164,10 +178,7 @@ class Backend(Protocol):
 
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials
-                (see the class docstring).
+            The passing errors and credential refusals of the class docstring.
         """
         ...
 
@@ -177,10 +188,7 @@ class Backend(Protocol):
         Raises:
             LeaseLost, JobNotFound: the job is no longer this worker's.
             IllegalTransition: no cancellation was requested.
-            tether.Unavailable, tether.DeadlineExceeded, tether.AuthenticationFailed,
-                OSError, sqlite3.OperationalError, psycopg.OperationalError: the
-                server or store could not be reached, or refused the credentials
-                (see the class docstring).
+            The passing errors and credential refusals of the class docstring.
         """
         ...
 
@@ -198,6 +206,10 @@ class StoreBackend:
 
     def __repr__(self) -> str:
         return f"<StoreBackend {self.manager!r}>"
+
+    def is_passing(self, exc: BaseException) -> bool:
+        """See :meth:`Backend.is_passing` (the store's own transient errors included)."""
+        return passing_error(exc, self.manager.transient_errors)
 
     async def open(self) -> None:
         """Open the store (and start sweeping expired leases)."""
@@ -348,6 +360,10 @@ class HTTPBackend:
 
     def __repr__(self) -> str:
         return f"<HTTPBackend {self.url}>"
+
+    def is_passing(self, exc: BaseException) -> bool:
+        """See :meth:`Backend.is_passing`."""
+        return passing_error(exc)
 
     async def open(self) -> None:
         """Prepare the connection pool (connections open on first use)."""

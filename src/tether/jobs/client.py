@@ -1,7 +1,7 @@
 """The Python client of the jobs API: ``connection.jobs``, ``client.jobs`` and job handles.
 
 ``client.jobs`` is the jobs API of the default server (``settings.url``,
-``TETHER_URL``; see :func:`default_jobs`); ``client.connect(url).jobs`` talks to
+``TETHER_URL``; see :meth:`tether.Client.jobs`); ``client.connect(url).jobs`` talks to
 the ``/jobs`` HTTP API of the App at ``url``;
 ``client.integrated(app).jobs`` sends the same requests to the App in-process
 (through its ASGI interface, so through the same validation and its store).
@@ -20,7 +20,6 @@ import asyncio
 import builtins
 import json
 import time
-import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,7 +33,6 @@ from tether.jobs.model import Job, JobState
 from tether.jobs.wire import job_from_wire
 
 if TYPE_CHECKING:
-    from tether.client.client import AsyncClient, Client
     from tether.client.connection import AsyncConnection, Connection
     from tether.transports.base import RawResponse
 
@@ -553,50 +551,3 @@ class AsyncJobHandle:
         """Ask for the job's cancellation."""
         self.job = await self._jobs.cancel(self.id)
         return self.job
-
-
-# -- client.jobs: the jobs API of the default server ----------------------------------
-
-_NO_URL = (
-    "no default Tether server: set TETHER_URL (or url in tether.toml, or "
-    "Settings(url=...)), or use client.connect(url).jobs"
-)
-_default_jobs: weakref.WeakKeyDictionary[Client, JobsClient] = weakref.WeakKeyDictionary()
-_default_async_jobs: weakref.WeakKeyDictionary[AsyncClient, AsyncJobsClient] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def default_jobs(client: Client) -> JobsClient:
-    """What ``client.jobs`` is: the jobs API of the client's default server,
-    ``client.settings.url`` (``TETHER_URL``), with the credentials file's entry
-    for it; one per client, made on first use.
-
-    Raises:
-        ValueError: no default URL is set (the message names ``TETHER_URL``),
-            or it is not an http(s) URL.
-        RuntimeError: the client is closed.
-    """
-    jobs = _default_jobs.get(client)
-    if jobs is None:
-        url = client.settings.url
-        if not url:
-            raise ValueError(_NO_URL)
-        jobs = _default_jobs[client] = client.connect(url).jobs
-    return jobs
-
-
-def default_async_jobs(client: AsyncClient) -> AsyncJobsClient:
-    """What ``async_client.jobs`` is: the async twin of :func:`default_jobs`.
-
-    Raises:
-        ValueError: no default URL is set (the message names ``TETHER_URL``).
-        RuntimeError: the client is closed.
-    """
-    jobs = _default_async_jobs.get(client)
-    if jobs is None:
-        url = client.settings.url
-        if not url:
-            raise ValueError(_NO_URL)
-        jobs = _default_async_jobs[client] = client.connect(url).jobs
-    return jobs

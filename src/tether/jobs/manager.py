@@ -97,6 +97,13 @@ class JobManager:
         """True while the store is open."""
         return self._store is not None
 
+    @property
+    def transient_errors(self) -> tuple[type[BaseException], ...]:
+        """The open store's errors that may pass (see :attr:`JobStore.transient_errors`);
+        before it is open, those of any store (``OSError``, ``TimeoutError``)."""
+        store = self._store
+        return store.transient_errors if store is not None else JobStore.transient_errors
+
     async def open(self, *, reap: bool = True) -> JobStore:
         """Open the store (once; migrating it) and, with ``reap``, start the reaper.
 

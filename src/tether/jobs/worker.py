@@ -54,7 +54,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,10 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import psycopg
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from tether.errors import ServiceError, StatusCode, TetherError
+from tether.errors import ServiceError, TetherError
 from tether.jobs.backends import HTTP_TIMEOUT, Backend, Claimed, HTTPBackend, StoreBackend
 from tether.jobs.context import JobContext
 from tether.jobs.errors import IllegalTransition, JobNotFound, LeaseLost
@@ -88,9 +86,6 @@ HEARTBEAT_RETRY = 1.0
 #: ``RECORD_RETRY_MAX``.
 RECORD_RETRY_FIRST = 0.2
 RECORD_RETRY_MAX = 5.0
-_PASSING_CODES = frozenset(
-    {StatusCode.UNAVAILABLE, StatusCode.DEADLINE_EXCEEDED, StatusCode.INTERNAL}
-)
 
 
 @dataclass(eq=False)
@@ -678,40 +673,25 @@ class Worker:
                 await self._persist(running, lambda: self.backend.mark_cancelled(job.id, token))
                 log.info("job %s cancelled", job.id)
             elif outcome.kind == "timeout":
-                await self._persist(
+                await self._fail(
                     running,
-                    lambda: self.backend.fail(
-                        job.id,
-                        token,
-                        {
-                            "code": "deadline_exceeded",
-                            "message": f"the attempt ran past its timeout of {outcome.value} s",
-                            "details": {"timeout": outcome.value, "attempt": job.attempts},
-                        },
-                        True,
-                    ),
+                    "deadline_exceeded",
+                    f"the attempt ran past its timeout of {outcome.value} s",
+                    {"timeout": outcome.value, "attempt": job.attempts},
+                    retry=True,
                 )
             elif outcome.kind == "overdue":
-                await self._persist(
+                await self._fail(
                     running,
-                    lambda: self.backend.fail(
-                        job.id,
-                        token,
-                        {
-                            "code": "deadline_exceeded",
-                            "message": (
-                                f"the attempt ran past its timeout of {outcome.value} s and its "
-                                f"handler did not return within {self.lease} s more (its thread "
-                                "was left running)"
-                            ),
-                            "details": {
-                                "timeout": outcome.value,
-                                "attempt": job.attempts,
-                                "abandoned_after": self.lease,
-                            },
-                        },
-                        True,
-                    ),
+                    "deadline_exceeded",
+                    f"the attempt ran past its timeout of {outcome.value} s and its handler "
+                    f"did not return within {self.lease} s more (its thread was left running)",
+                    {
+                        "timeout": outcome.value,
+                        "attempt": job.attempts,
+                        "abandoned_after": self.lease,
+                    },
+                    retry=True,
                 )
             elif outcome.kind == "ok" and cancel_requested:
                 await self._persist(running, lambda: self.backend.mark_cancelled(job.id, token))
@@ -723,20 +703,15 @@ class Worker:
                 log.info("job %s handed back at shutdown", job.id)
             elif stopped:
                 # Stopped by its own decision (no request, no timeout, no shutdown).
-                error = {
-                    "code": "cancelled",
-                    "message": str(outcome.value or "the handler cancelled the job"),
-                    "details": None,
-                }
-                await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
+                message = str(outcome.value or "the handler cancelled the job")
+                await self._fail(running, "cancelled", message, None, retry=False)
             elif outcome.kind == "invalid":
-                error = {"code": "processing_error", "message": str(outcome.value), "details": None}
-                await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
+                await self._fail(running, "processing_error", str(outcome.value), None, retry=False)
             else:
                 # A ServiceError is raised on purpose: retrying would not change it.
-                retry = not isinstance(outcome.value, ServiceError)
                 error = _error_info(outcome.value)
-                await self._persist(running, lambda: self.backend.fail(job.id, token, error, retry))
+                retry = not isinstance(outcome.value, ServiceError)
+                await self._fail(running, error["code"], error["message"], error["details"], retry)
         except (LeaseLost, JobNotFound, IllegalTransition) as exc:
             log.warning("job %s: %s; the outcome was not recorded", job.id, exc)
         except Exception as exc:
@@ -753,17 +728,21 @@ class Worker:
         try:
             result = to_jsonable_python(value, by_alias=True)
         except PydanticSerializationError as exc:
-            error = {
-                "code": "processing_error",
-                "message": f"the result is not JSON-serialisable: {exc}",
-                "details": None,
-            }
-            await self._persist(running, lambda: self.backend.fail(job.id, token, error, False))
+            message = f"the result is not JSON-serialisable: {exc}"
+            await self._fail(running, "processing_error", message, None, retry=False)
             return
         try:
             await self._persist(running, lambda: self._complete(job.id, token, result, job.type))
         except InvalidResult as exc:
             log.warning("job %s: invalid result, failed: %s", job.id, exc.message)
+
+    async def _fail(
+        self, running: _Running, code: str, message: str, details: Any, retry: bool
+    ) -> None:
+        """Record the attempt as failed (``retry``: after the backoff, attempts allowing)."""
+        job, token = running.claimed.job, running.claimed.lease_token
+        error = {"code": code, "message": message, "details": details}
+        await self._persist(running, lambda: self.backend.fail(job.id, token, error, retry))
 
     async def _persist(self, running: _Running, call: Callable[[], Awaitable[None]]) -> None:
         """Run ``call`` (one store or API call about the job), retrying with backoff
@@ -780,7 +759,7 @@ class Worker:
                 await call()
                 return
             except Exception as exc:
-                if not _passing(exc):
+                if not self.backend.is_passing(exc):
                     raise
                 left = running.lease_until - self._loop.time()
                 if left <= delay or running.lost.is_set() or running.abandon.is_set():
@@ -945,18 +924,6 @@ def _error_info(exc: BaseException) -> dict[str, Any]:
             "traceback": text[-4000:],
         },
     }
-
-
-def _passing(exc: BaseException) -> bool:
-    """True for errors that may pass: the server or the database unreachable, a timeout,
-    a lock held a moment, a server answering 500 or 503."""
-    if isinstance(exc, (LeaseLost, JobNotFound, IllegalTransition, InvalidResult)):
-        return False
-    if isinstance(exc, TetherError):
-        return exc.code in _PASSING_CODES
-    if isinstance(exc, (OSError, TimeoutError, sqlite3.OperationalError, psycopg.OperationalError)):
-        return True
-    return False
 
 
 async def _cancel_and_join(inner: asyncio.Future[Any], running: _Running) -> None:

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from tether.jobs.errors import JobStoreError
 from tether.jobs.model import Claim, Job, JobState, ensure_aware_utc
@@ -47,6 +47,10 @@ class JobStore(ABC):
 
     Use ``await store.open()`` / ``await store.close()`` or ``async with store``.
     """
+
+    #: This store's errors that may pass (the database out of reach, a lock held a
+    #: moment): worth trying the operation again.
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError, TimeoutError)
 
     def __init__(self, *, poll_interval: float) -> None:
         """Set the polling period (seconds) of the wait methods' fallback."""

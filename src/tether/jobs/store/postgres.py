@@ -107,6 +107,9 @@ def _row_to_job(row: Sequence[Any]) -> Job:
 class PostgresJobStore(JobStore):
     """Job store in a PostgreSQL database (tables ``tether_jobs``, ``tether_schema_version``)."""
 
+    #: The server out of reach or restarting, a connection lost.
+    transient_errors = (psycopg.OperationalError, OSError, TimeoutError)
+
     def __init__(
         self,
         conninfo: str,

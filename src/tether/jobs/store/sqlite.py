@@ -128,6 +128,9 @@ def _in_list(prefix: str, values: Sequence[str], params: dict[str, Any]) -> str:
 class SqliteJobStore(JobStore):
     """Job store in one SQLite file (or in memory, private to this store)."""
 
+    #: A database locked past ``busy_timeout``, a file out of reach.
+    transient_errors = (sqlite3.OperationalError, OSError, TimeoutError)
+
     def __init__(
         self,
         path: str | os.PathLike[str],
