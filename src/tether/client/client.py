@@ -10,7 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from tether.client.auth import StaticAuth, resolve, tls_for
-from tether.client.connection import AsyncConnection, Connection, check_timeout
+from tether.client.connection import AsyncConnection, Connection
 from tether.client.discovery import (
     AsyncDiscoveredTransport,
     Balancer,
@@ -23,9 +23,9 @@ from tether.client.retry import RetryPolicy
 from tether.codec import Codec
 from tether.errors import DeadlineExceeded
 from tether.settings import Settings, get_settings
-from tether.transports.base import AsyncTransport, SyncTransport
+from tether.transports.base import AsyncTransport, SyncTransport, check_seconds
 from tether.transports.http_async import AsyncHTTPTransport
-from tether.transports.http_sync import SyncHTTPTransport, check_connect_timeout
+from tether.transports.http_sync import SyncHTTPTransport
 from tether.transports.integrated import AsyncIntegratedTransport, SyncIntegratedTransport
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Client:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.timeout = check_timeout(self.settings.default_timeout if timeout is None else timeout)
+        self.timeout = check_seconds(self.settings.default_timeout if timeout is None else timeout)
         self.codec = Codec(codec)
         self._connections: list[Connection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
@@ -143,7 +143,6 @@ class Client:
                 finite seconds.
         """
         codec = _wire_codec(codec, self.codec, "connect")
-        check_connect_timeout(connect_timeout)
         auth, context = resolve(
             url,
             self.settings,
@@ -274,7 +273,7 @@ class Client:
             self._run_async,
             instance_id=service_id,
             credentials=(credentials or NatsCredentials()).over(fallback),
-            connect_timeout=check_timeout(connect_timeout),
+            connect_timeout=check_seconds(connect_timeout, "connect_timeout"),
             links=self._links(),
         )
         return self._keep(
@@ -459,7 +458,7 @@ class AsyncClient:
         settings: Settings | None = None,
     ) -> None:
         self.settings = settings or get_settings()
-        self.timeout = check_timeout(self.settings.default_timeout if timeout is None else timeout)
+        self.timeout = check_seconds(self.settings.default_timeout if timeout is None else timeout)
         self.codec = Codec(codec)
         self._connections: list[AsyncConnection] = []
         self._caches: dict[tuple[str, str], InstanceCache] = {}
@@ -507,7 +506,6 @@ class AsyncClient:
             ValueError: as for :meth:`Client.connect`.
         """
         codec = _wire_codec(codec, self.codec, "connect")
-        check_connect_timeout(connect_timeout)
         auth, context = resolve(
             url,
             self.settings,
@@ -603,7 +601,7 @@ class AsyncClient:
             url,
             instance_id=service_id,
             credentials=(credentials or NatsCredentials()).over(fallback),
-            connect_timeout=check_timeout(connect_timeout),
+            connect_timeout=check_seconds(connect_timeout, "connect_timeout"),
             links=self._links(),
         )
         return self._keep(

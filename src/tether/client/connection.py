@@ -9,7 +9,6 @@ for all of them.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
@@ -26,7 +25,7 @@ from tether.errors import (
 )
 from tether.interface import MethodSpec, service_spec
 from tether.server.dispatcher import REQUEST_ID_HEADER, TIMEOUT_HEADER
-from tether.transports.base import AsyncTransport, RawResponse, SyncTransport
+from tether.transports.base import AsyncTransport, RawResponse, SyncTransport, check_seconds
 
 if TYPE_CHECKING:
     from tether.client.auth import ClientAuth
@@ -37,22 +36,11 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 30.0
 
 
-def check_timeout(timeout: float) -> float:
-    """Return ``timeout`` if it is a usable number of seconds.
-
-    Raises:
-        ValueError: it is zero, negative, NaN or infinite.
-    """
-    if not (timeout > 0 and math.isfinite(timeout)):
-        raise ValueError(f"timeout must be positive, finite seconds, got {timeout!r}")
-    return timeout
-
-
 class _CallPath:
     """Encoding and decoding shared by the sync and async connections."""
 
     def __init__(self, target: str, codec: Codec | str, timeout: float) -> None:
-        check_timeout(timeout)
+        check_seconds(timeout)
         self.target = target
         self.codec = Codec(codec)
         # The python codec is no encoding at all (integrated connections only);
@@ -401,7 +389,7 @@ class Connection(_CallPath):
             ValueError: ``timeout`` is not positive, finite seconds.
         """
         if timeout is not None:
-            check_timeout(timeout)
+            check_seconds(timeout)
         spec = service_spec(interface)
         proxy = _Proxy(self, spec.name)
         for m in spec.methods.values():
@@ -577,7 +565,7 @@ class AsyncConnection(_CallPath):
             ValueError: ``timeout`` is not positive, finite seconds.
         """
         if timeout is not None:
-            check_timeout(timeout)
+            check_seconds(timeout)
         spec = service_spec(interface)
         proxy = _Proxy(self, spec.name)
         for m in spec.methods.values():

@@ -27,6 +27,17 @@ class RawResponse:
     retry_after: float | None = None
 
 
+def check_seconds(value: float, name: str = "timeout") -> float:
+    """Return ``value`` if it is a usable number of seconds (``name``: for the message).
+
+    Raises:
+        ValueError: it is zero, negative, NaN or infinite.
+    """
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be positive, finite seconds, got {value!r}")
+    return value
+
+
 def retry_after_seconds(value: str | bytes) -> float | None:
     """The seconds a ``Retry-After`` header asks to wait, or None when it makes no sense.
 

@@ -19,8 +19,7 @@ from collections.abc import Mapping
 import aiohttp
 
 from tether.errors import DeadlineExceeded, Unavailable
-from tether.transports.base import RawResponse, retry_after_seconds
-from tether.transports.http_sync import check_connect_timeout
+from tether.transports.base import RawResponse, check_seconds, retry_after_seconds
 
 
 class AsyncHTTPTransport:
@@ -51,7 +50,9 @@ class AsyncHTTPTransport:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"not an http(s) URL: {url!r}")
-        self.connect_timeout = check_connect_timeout(connect_timeout)
+        self.connect_timeout = (
+            None if connect_timeout is None else check_seconds(connect_timeout, "connect_timeout")
+        )
         # The whole call is bounded by asyncio.timeout; aiohttp bounds the
         # connect when the cap is shorter than what is left of the deadline.
         self._uncapped = aiohttp.ClientTimeout(total=None)

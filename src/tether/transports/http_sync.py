@@ -23,7 +23,6 @@ may take what is left of the deadline, and running out of it is
 
 from __future__ import annotations
 
-import math
 import select
 import socket
 import ssl
@@ -33,7 +32,7 @@ from collections.abc import Mapping
 from urllib.parse import quote, urlsplit
 
 from tether.errors import DeadlineExceeded, Unavailable
-from tether.transports.base import RawResponse, retry_after_seconds
+from tether.transports.base import RawResponse, check_seconds, retry_after_seconds
 
 DEFAULT_CONNECT_TIMEOUT = 2.0
 """Seconds a new connection to a discovered instance may take (TCP and TLS handshakes)."""
@@ -106,7 +105,9 @@ class SyncHTTPTransport:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url!r}")
-        self.connect_timeout = check_connect_timeout(connect_timeout)
+        self.connect_timeout = (
+            None if connect_timeout is None else check_seconds(connect_timeout, "connect_timeout")
+        )
         self.url = url.rstrip("/")
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -302,19 +303,6 @@ class SyncHTTPTransport:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-def check_connect_timeout(connect_timeout: float | None) -> float | None:
-    """Return ``connect_timeout`` if it is None or usable seconds.
-
-    Raises:
-        ValueError: it is zero, negative, NaN or infinite.
-    """
-    if connect_timeout is not None and not (connect_timeout > 0 and math.isfinite(connect_timeout)):
-        raise ValueError(
-            f"connect_timeout must be positive, finite seconds, got {connect_timeout!r}"
-        )
-    return connect_timeout
 
 
 def _encode(line: bytes, verb: str, body: bytes | None, headers: Mapping[str, str]) -> bytes:
