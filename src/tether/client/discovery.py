@@ -35,12 +35,16 @@ from tether.registry import (
 from tether.settings import Settings
 from tether.transports.base import AsyncTransport, RawResponse, SyncTransport
 from tether.transports.http_async import AsyncHTTPTransport
-from tether.transports.http_sync import DEFAULT_CONNECT_TIMEOUT, SyncHTTPTransport
+from tether.transports.http_sync import SyncHTTPTransport
 
 if TYPE_CHECKING:
     from tether.transports.nats import NatsLinks
 
 log = logging.getLogger("tether.discovery")
+
+#: Seconds a new connection to a discovered instance may take (TCP and TLS
+#: handshakes): a host that does not answer is then skipped for another instance.
+DEFAULT_CONNECT_TIMEOUT = 2.0
 
 T = TypeVar("T")
 

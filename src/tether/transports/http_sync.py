@@ -34,9 +34,6 @@ from urllib.parse import quote, urlsplit
 from tether.errors import DeadlineExceeded, Unavailable
 from tether.transports.base import RawResponse, check_seconds, retry_after_seconds
 
-DEFAULT_CONNECT_TIMEOUT = 2.0
-"""Seconds a new connection to a discovered instance may take (TCP and TLS handshakes)."""
-
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 _MAX_HEADERS = 100
 _RECV = 65536
