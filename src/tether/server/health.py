@@ -17,7 +17,6 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,12 +49,8 @@ class HealthCheck:
     # The sync check's run in progress (thread-safe future) and when it started.
     _running: tuple[float, concurrent.futures.Future[Any]] | None = field(default=None, repr=False)
 
-    async def run(self, executor: Executor | None = None) -> dict[str, Any]:
-        """Run the check (or reuse a cached result).
-
-        Args:
-            executor: ignored; sync checks run in threads of their own (kept
-                for callers that pass the App's executor).
+    async def run(self) -> dict[str, Any]:
+        """Run the check (or reuse a cached result); a sync one in a thread of its own.
 
         Returns:
             ``{"status": "passing"|"failing", "duration_ms": float, "error": str|None}``.
