@@ -240,18 +240,8 @@ class RelayServer:
             log.debug("relay: %s.%s published without a reply subject; ignored", service, method)
             return
         headers = {k.lower(): v for k, v in (msg.headers or {}).items()}
-        limit = self.app.max_body_size
-        if len(msg.data) > limit:
-            refusal = TetherError(
-                f"request body larger than the limit of {limit} bytes",
-                code=StatusCode.RESOURCE_EXHAUSTED,
-                http_status=413,
-            )
-            if self.app.metrics is not None:  # counted as HTTP counts its own 413
-                self.app.metrics.calls.record(service, method, str(refusal.code), None)
-            response = error_response(refusal)
-        else:
-            response = await self.app.dispatcher.dispatch(service, method, msg.data, headers)
+        # The dispatcher refuses (and counts) a body over the App's limit, as for HTTP.
+        response = await self.app.dispatcher.dispatch(service, method, msg.data, headers)
         await self._reply(msg.reply, response, headers.get(REQUEST_ID_HEADER))
 
     async def _reply(self, subject: str, response: Response, request_id: str | None) -> None:
