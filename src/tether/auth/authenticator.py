@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tether.auth.apikeys import looks_like_api_key
 from tether.auth.config import AuthConfig
 from tether.auth.errors import AuthenticationFailed, PermissionDenied
-from tether.auth.identity import Identity
+from tether.auth.identity import AUTHENTICATOR_KEY, IDENTITY_KEY, Identity
 from tether.auth.passwords import hash_password, needs_rehash, verify_password
 from tether.auth.ratelimit import LoginLimiter
 from tether.auth.store import CredentialStore, Session, default_store_path
@@ -42,8 +42,6 @@ log = logging.getLogger("tether.auth")
 
 #: Paths (relative to the App) that never need an identity.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/auth/login", "/auth/refresh", "/auth/logout"})
-IDENTITY_KEY = "tether.identity"
-AUTHENTICATOR_KEY = "tether.auth"
 
 # The identity the App established for the HTTP request being served; the
 # dispatcher's prepare step takes it (and clears it) so nested calls made
@@ -246,14 +244,21 @@ class Authenticator:
                 {"missing": missing},
             )
 
-    def check(self, identity: Identity, name: str, extra: Iterable[str] = ()) -> None:
+    def check(
+        self,
+        identity: Identity,
+        name: str,
+        extra: Iterable[str] = (),
+        default: Iterable[str] = (),
+    ) -> None:
         """Check the scopes ``AuthConfig.scopes[name]`` (plus ``extra``) for any action,
-        e.g. ``"jobs.submit"``.
+        e.g. ``"jobs.submit"``; ``default``: the scopes when ``AuthConfig.scopes``
+        does not name the action.
 
         Raises:
             PermissionDenied: a scope is missing.
         """
-        required = self._named_scopes.get(name, frozenset()).union(extra)
+        required = self._named_scopes.get(name, frozenset(default)).union(extra)
         missing = identity.missing(required)
         if missing:
             raise PermissionDenied(
@@ -434,15 +439,20 @@ def request_identity(scope: Mapping[str, Any]) -> Identity | None:
 
 
 def authorize_request(
-    scope: Mapping[str, Any], name: str, extra: Iterable[str] = ()
+    scope: Mapping[str, Any], name: str, extra: Iterable[str] = (), default: Iterable[str] = ()
 ) -> Identity | None:
     """For mounted apps (the jobs API): check the request's identity for action ``name``.
 
     Does nothing and returns None when the App runs without auth.
 
+    Args:
+        extra: scopes needed on top of the action's.
+        default: the action's scopes when ``AuthConfig.scopes`` does not name it.
+
     Raises:
         AuthenticationFailed: auth is on but the request carries no identity.
-        PermissionDenied: a scope of ``AuthConfig.scopes[name]`` or ``extra`` is missing.
+        PermissionDenied: a scope of ``AuthConfig.scopes[name]`` (else ``default``)
+            or ``extra`` is missing.
     """
     state = scope.get("state") or {}
     auth = state.get(AUTHENTICATOR_KEY)
@@ -451,5 +461,5 @@ def authorize_request(
     identity = request_identity(scope)
     if identity is None:
         raise AuthenticationFailed("authentication required", refused="credentials")
-    auth.check(identity, name, extra)
+    auth.check(identity, name, extra, default)
     return identity

@@ -9,6 +9,11 @@ from typing import Any, Literal
 
 AuthMethod = Literal["api_key", "password", "token", "oidc", "certificate"]
 
+#: Where the App leaves a request's identity and its Authenticator in the ASGI
+#: scope's ``state`` for mounted apps (the jobs API); no Authenticator: no auth.
+IDENTITY_KEY = "tether.identity"
+AUTHENTICATOR_KEY = "tether.auth"
+
 
 @dataclass(frozen=True)
 class Identity:

@@ -59,6 +59,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from tether.auth.identity import AUTHENTICATOR_KEY
 from tether.errors import StatusCode, TetherError
 from tether.jobs.errors import JobStoreError
 from tether.jobs.exceptions import InvalidResult, JobValidationError
@@ -98,9 +99,6 @@ ACTIONS: dict[str, str] = {
 }
 #: Scopes an action needs when ``AuthConfig.scopes`` does not name it.
 DEFAULT_ACTION_SCOPES: dict[str, tuple[str, ...]] = {"jobs.work": ("jobs.work",)}
-#: Where an App with auth leaves its Authenticator in the request's state
-#: (``tether.auth.authenticator.AUTHENTICATOR_KEY``; without it the App has no auth).
-_AUTHENTICATOR_KEY = "tether.auth"
 
 
 def authorize(request: Request, action: str, extra: Iterable[str] = ()) -> None:
@@ -112,15 +110,11 @@ def authorize(request: Request, action: str, extra: Iterable[str] = ()) -> None:
         tether.AuthenticationFailed: auth is on but the request carries no identity.
         tether.PermissionDenied: a required scope is missing (403).
     """
-    state = request.scope.get("state") or {}
-    auth = state.get(_AUTHENTICATOR_KEY)
-    if auth is None:
-        return
-    from tether.auth.authenticator import authorize_request  # loaded only under auth
+    if AUTHENTICATOR_KEY not in (request.scope.get("state") or {}):
+        return  # no auth: nothing to check (and the auth modules stay unloaded)
+    from tether.auth.authenticator import authorize_request
 
-    if action not in auth.config.scopes:
-        extra = (*extra, *DEFAULT_ACTION_SCOPES.get(action, ()))
-    authorize_request(request.scope, action, extra)
+    authorize_request(request.scope, action, extra, DEFAULT_ACTION_SCOPES.get(action, ()))
 
 
 def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
