@@ -15,6 +15,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from tether.cli.arguments import parse_arguments
+from tether.cli.options import ApiKeyOption, LogLevelOption, TokenOption
 from tether.cli.output import emit, err, fail, out
 from tether.errors import TetherError
 
@@ -385,29 +386,9 @@ def worker(
     grace: Annotated[
         float, typer.Option(help="Seconds running jobs get to finish on SIGTERM.")
     ] = 30.0,
-    log_level: Annotated[
-        str | None,
-        typer.Option(help="debug, info, warning or error. Default: TETHER_LOG_LEVEL, else info."),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TETHER_TOKEN",
-            show_envvar=True,
-            help="With --url: an access token to send (a command line is visible to ps: "
-            "prefer the environment variable, or 'tether login URL', whose stored "
-            "credentials are used by default).",
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TETHER_API_KEY",
-            show_envvar=True,
-            help="With --url: an API key to send, as --token does (or 'tether login URL "
-            "--api-key-stdin').",
-        ),
-    ] = None,
+    log_level: LogLevelOption = None,
+    token: TokenOption = None,
+    api_key: ApiKeyOption = None,
     ca: Annotated[
         Path | None, typer.Option(help="With --url: CA bundle to verify the server with.")
     ] = None,

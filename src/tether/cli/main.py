@@ -16,6 +16,7 @@ from tether.cli import discovery as discovery_commands
 from tether.cli import jobs as jobs_commands
 from tether.cli.arguments import parse_arguments
 from tether.cli.discovery import RegistryOption
+from tether.cli.options import ApiKeyOption, LogLevelOption, TokenOption
 from tether.cli.output import emit, err, fail, out
 from tether.errors import TetherError
 from tether.registry import DEFAULT_LEASE_SECONDS, RegistryError
@@ -40,10 +41,7 @@ def serve(
         int | None, typer.Option(help="TCP port (0 picks a free one). Default 8000.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (HTTP only).")] = 1,
-    log_level: Annotated[
-        str | None,
-        typer.Option(help="debug, info, warning or error. Default: TETHER_LOG_LEVEL, else info."),
-    ] = None,
+    log_level: LogLevelOption = None,
     relay: Annotated[
         str | None,
         typer.Option(
@@ -271,23 +269,8 @@ def call(
     timeout: Annotated[float, typer.Option(help="Seconds before giving up.")] = 30.0,
     codec: Annotated[str, typer.Option(help="json or msgpack on the wire.")] = "json",
     registry: RegistryOption = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TETHER_TOKEN",
-            show_envvar=True,
-            help="An access token to send (prefer the environment variable: a command "
-            "line is visible to other users). Default: what tether login stored for URL.",
-        ),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TETHER_API_KEY",
-            show_envvar=True,
-            help="An API key to send, as --token does.",
-        ),
-    ] = None,
+    token: TokenOption = None,
+    api_key: ApiKeyOption = None,
 ) -> None:
     """Call a method and print its result as JSON.
 
